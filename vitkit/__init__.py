@@ -1,0 +1,32 @@
+"""vitkit: Vision Transformers (Dosovitskiy et al., 2020) in PyTorch.
+
+    import vitkit
+    model = vitkit.create_model("ViT-B/16", num_classes=10)
+    model = vitkit.load("ViT-B_16.npz", num_classes=10, image_size=384)   # the paper's fine-tuning set-up
+    vitkit.save(model, "model.safetensors")
+"""
+
+from .checkpoints import load, read_checkpoint, save
+from .configs import Preprocessing, ResNetConfig, ViTConfig, list_models, variant_config
+from .errors import CheckpointError
+from .models import VisionTransformer, count_flops, count_parameters, create_model
+from .models.posemb import resample_pos_embed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "load",
+    "save",
+    "read_checkpoint",
+    "resample_pos_embed",
+    "VisionTransformer",
+    "ViTConfig",
+    "ResNetConfig",
+    "Preprocessing",
+    "CheckpointError",
+    "variant_config",
+    "count_parameters",
+    "count_flops",
+]

@@ -1,0 +1,112 @@
+"""What every adapter shares: a reader that checks each tensor it takes, and the result of a conversion."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..configs import Preprocessing, ViTConfig
+from ..errors import CheckpointError
+
+
+@dataclass
+class Converted:
+    """A foreign checkpoint turned into vitkit's terms."""
+
+    config: ViTConfig
+    state_dict: dict[str, torch.Tensor]
+    sources: dict[str, str] = field(default_factory=dict)  # vitkit key -> the key it came from in the file
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    default_resample: str = "bicubic"  # how fine-tuning resamples this family's position embeddings
+
+
+class Reader:
+    """Hands out a file's tensors one key at a time, checking shapes, and reports what was left over.
+
+    Every problem is a `CheckpointError` that names the file, the key, and the expected and found shapes.
+    """
+
+    def __init__(self, tensors: dict[str, Any], path: str | Path, prefix: str = ""):
+        self.tensors = tensors
+        self.path = Path(path)
+        self.prefix = prefix
+        self.taken: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def has(self, name: str) -> bool:
+        return self.key(name) in self.tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._raw(name).shape)
+
+    def _raw(self, name: str):
+        key = self.key(name)
+        if key not in self.tensors:
+            raise CheckpointError(self.path, "missing tensor", key=key)
+        return self.tensors[key]
+
+    def get(self, name: str, shape: Iterable[int | None] | None = None) -> torch.Tensor:
+        """The tensor under `name`, as a float torch tensor, checked against `shape` (None matches any size)."""
+        key = self.key(name)
+        value = self._raw(name)
+        found = tuple(value.shape)
+        if shape is not None:
+            expected = tuple(shape)
+            if len(found) != len(expected) or any(e is not None and e != f for e, f in zip(expected, found)):
+                shown = tuple("*" if e is None else e for e in expected)
+                raise CheckpointError(self.path, f"expected shape {shown}, found {found}", key=key)
+        tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+        if not torch.is_floating_point(tensor):
+            raise CheckpointError(self.path, f"expected a floating-point tensor, found {tensor.dtype}", key=key)
+        self.taken.add(key)
+        return tensor
+
+    def count(self, pattern: str) -> int:
+        """How many consecutive indices i have `pattern.format(i)` as a key prefix, from 0 (or 1 if 0 is absent)."""
+        start = 0 if any(k.startswith(self.key(pattern.format(0))) for k in self.tensors) else 1
+        i = start
+        while any(k.startswith(self.key(pattern.format(i))) for k in self.tensors):
+            i += 1
+        return i - start
+
+    def check_all_taken(self, ignore: Iterable[str] = ()) -> None:
+        ignored = set(ignore)
+        left = sorted(k for k in self.tensors if k not in self.taken and k not in ignored)
+        if left:
+            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+            raise CheckpointError(
+                self.path, f"unexpected tensor(s) this layout does not use: {', '.join(left[:5])}{more}", key=left[0]
+            )
+
+
+def square_grid(num_patches: int, path, key: str) -> tuple[int, int]:
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointError(
+            path, f"{num_patches} position embeddings do not form a square grid; the patch grid cannot be read "
+            "from the file", key=key
+        )
+    return side, side
+
+
+def check_against_model(model: torch.nn.Module, converted: Converted, path) -> None:
+    """Every key the model has is in the converted dict with its shape, and nothing else: else CheckpointError."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        source = converted.sources.get(key, key)
+        if key not in converted.state_dict:
+            raise CheckpointError(path, f"missing tensor (needed for {key})", key=source)
+        found = tuple(converted.state_dict[key].shape)
+        if found != tuple(tensor.shape):
+            raise CheckpointError(path, f"expected shape {tuple(tensor.shape)}, found {found}", key=source)
+    extra = sorted(set(converted.state_dict) - set(expected))
+    if extra:
+        raise CheckpointError(path, "unexpected tensor", key=converted.sources.get(extra[0], extra[0]))

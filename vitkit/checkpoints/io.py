@@ -1,0 +1,193 @@
+"""Reading tensor files safely and writing them atomically.
+
+Reading never executes code from a file: `.pth` goes through `torch.load(weights_only=True)`, `.npz` through
+`numpy.load(allow_pickle=False)`, and safetensors has no code path at all. Every failure becomes a
+`CheckpointError` naming the file. Writing goes to a temporary file in the same folder, is flushed and fsynced,
+then renamed over the target, so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+NPZ_SUFFIXES = (".npz",)
+
+
+# ------------------------------------------------------------------------------------------------ atomic writes
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
+
+    On any error the temporary file is removed and `path` is left exactly as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu().clone() if _shares_storage(v, tensors) else v.detach().contiguous().cpu()
+               for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _shares_storage(tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> bool:
+    ptr = tensor.untyped_storage().data_ptr()
+    return sum(1 for t in tensors.values() if t.untyped_storage().data_ptr() == ptr) > 1
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(path, "no such file or directory")
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_exists(path)
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except CheckpointError:
+        raise
+    except Exception as e:  # SafetensorError, OSError, ...: truncated, corrupt, not safetensors
+        raise CheckpointError(path, f"not a readable safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+    return tensors, metadata
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(path, f"not a readable safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def read_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a `.pth`/`.bin` file, without ever running code from it (weights_only=True).
+
+    Common wrappers are unpacked: {"state_dict": ...}, {"model": ...}, {"model_ema"/"state_dict_ema": ...}.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = _first_line(e)
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "UnpicklingError" in type(e).__name__:
+            raise CheckpointError(
+                path, "refused: the file's pickle holds more than tensors (it could run code), so it is not loaded "
+                f"({type(e).__name__})"
+            ) from None
+        raise CheckpointError(path, f"not a readable PyTorch file ({type(e).__name__}: {text})") from None
+    for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema", "module"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(path, f"expected a dict of tensors, found {type(value).__name__}", key=str(key))
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file, refusing pickled objects (allow_pickle=False)."""
+    path = Path(path)
+    _check_exists(path)
+    arrays = {}
+    key = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                arrays[key] = data[key]
+    except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, zlib errors...
+        if isinstance(e, ValueError) and "pickle" in str(e):
+            raise CheckpointError(path, "refused: array stored as pickled objects", key=key) from None
+        kind = "not a readable .npz file" if isinstance(e, (zipfile.BadZipFile, OSError, EOFError)) or key is None \
+            else "corrupt array"
+        raise CheckpointError(path, f"{kind} ({type(e).__name__}: {_first_line(e)})", key=key) from None
+    for key, value in arrays.items():
+        if value.dtype.kind not in "fiu":
+            raise CheckpointError(path, f"expected a numeric array, found dtype {value.dtype}", key=key)
+    return arrays
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not valid JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,62 @@
+"""`vitkit <command>`: a thin layer that parses arguments and calls the library.
+
+Each command lives in `vitkit/commands/<name>.py` with `register(subparsers)`, which adds its parser and sets
+`func(args) -> int | None`. Bad input (a missing file, a corrupt checkpoint, a wrong value) prints one line and
+exits with code 2; set VITKIT_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from . import commands
+from .errors import CheckpointError, UsageError
+
+EXPECTED_ERRORS = (CheckpointError, UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                   PermissionError, ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers: models, checkpoints, training, analysis.")
+    parser.add_argument("--version", action="version", version=f"vitkit {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = [importlib.import_module(f"{commands.__name__}.{info.name}")
+               for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except EXPECTED_ERRORS as e:
+        if os.environ.get("VITKIT_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"vitkit: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

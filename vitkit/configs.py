@@ -1,0 +1,264 @@
+"""Configuration dataclasses and the table of the paper's variants.
+
+One small table decodes every name ("ViT-B/16", "R50+ViT-B/16", ...) into a `ViTConfig`, in the manner of
+big_vision's `decode_variant`. Every option of the model lives in the config, not in constructor keywords.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+POOLS = ("token", "gap")
+POSEMBS = ("learned", "learned_2d", "sincos_2d", "none")
+GELUS = ("exact", "tanh")
+
+
+def to_pair(value) -> tuple[int, int]:
+    """7 -> (7, 7); [7, 9] -> (7, 9)."""
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass
+class ResNetConfig:
+    """The BiT-style ResNet stem of the hybrid models (Section 3.1, "Hybrid Architecture")."""
+
+    num_layers: tuple[int, ...] = (3, 4, 9)  # bottleneck units per stage; () keeps only the root (conv, norm, pool)
+    width_factor: float = 1.0  # root width is 64 * width_factor; stage i has bottleneck width root * 2**i
+
+    def __post_init__(self):
+        self.num_layers = tuple(int(n) for n in self.num_layers)
+
+    @property
+    def width(self) -> int:
+        return int(64 * self.width_factor)
+
+    @property
+    def out_channels(self) -> int:
+        if not self.num_layers:
+            return self.width
+        return self.width * 2 ** (len(self.num_layers) - 1) * 4
+
+    @property
+    def stride(self) -> int:
+        """Downsampling of the stem: 4 for the root, times 2 for every stage after the first."""
+        return 4 * 2 ** max(len(self.num_layers) - 1, 0)
+
+
+@dataclass
+class Preprocessing:
+    """How images must be prepared for a model: carried in every checkpoint vitkit writes."""
+
+    image_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # (0.5, 0.5) scaling maps [0, 1] to [-1, 1], as the paper's code
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0  # resize to image_size / crop_pct, then centre-crop image_size
+
+    def __post_init__(self):
+        self.image_size = to_pair(self.image_size)
+        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class ViTConfig:
+    """Everything that fixes a Vision Transformer's architecture and numerics."""
+
+    image_size: tuple[int, int] = (224, 224)  # (height, width) the position embeddings are laid out for
+    patch_size: tuple[int, int] = (16, 16)  # patch side in pixels, or in feature-map cells for hybrids
+    in_channels: int = 3
+    width: int = 768  # D, the token width (hidden_size)
+    depth: int = 12  # number of encoder blocks
+    num_heads: int = 12
+    mlp_dim: int = 3072  # hidden width of each block's MLP
+    num_classes: int = 1000  # 0 gives a model without a head (features only)
+    pool: str = "token"  # "token": class token's final state; "gap": mean of the patch tokens
+    class_token: bool | None = None  # prepend a [class] token; None means "only when pool is token"
+    posemb: str = "learned"  # "learned" (1D), "learned_2d" (row + column), "sincos_2d" (fixed), "none"
+    posemb_prefix: bool = True  # position embeddings also cover the class token (timm's no_embed_class=False)
+    representation_size: int | None = None  # Dense + tanh before the head ("pre_logits" of the original)
+    gelu: str = "exact"  # "exact" (erf; timm, Hugging Face) or "tanh" (the original JAX code)
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    norm_after_pool: bool = False  # apply the final LayerNorm after pooling (timm's fc_norm) instead of before
+    dropout: float = 0.0  # after the position embeddings, the attention output and each MLP layer
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth, rising linearly to this rate over the blocks
+    dynamic_image_size: bool = False  # resample the position embeddings on the fly for other input sizes
+    resnet: ResNetConfig | None = None  # a ResNet stem whose feature map is cut into patches (hybrid)
+    name: str | None = None  # the variant this came from, for display only
+
+    def __post_init__(self):
+        self.image_size = to_pair(self.image_size)
+        self.patch_size = to_pair(self.patch_size)
+        if isinstance(self.resnet, dict):
+            self.resnet = ResNetConfig(**self.resnet)
+        if self.class_token is None:
+            self.class_token = self.pool == "token"
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(msg):
+            raise ValueError(f"invalid ViTConfig: {msg}")
+
+        if self.pool not in POOLS:
+            fail(f"pool={self.pool!r}, expected one of {POOLS}")
+        if self.posemb not in POSEMBS:
+            fail(f"posemb={self.posemb!r}, expected one of {POSEMBS}")
+        if self.gelu not in GELUS:
+            fail(f"gelu={self.gelu!r}, expected one of {GELUS}")
+        if self.pool == "token" and not self.class_token:
+            fail("pool='token' needs class_token=True")
+        if self.width % self.num_heads:
+            fail(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.posemb == "learned_2d" and self.width % 2:
+            fail(f"posemb='learned_2d' needs an even width, got {self.width}")
+        if self.posemb == "sincos_2d" and self.width % 4:
+            fail(f"posemb='sincos_2d' needs a width divisible by 4, got {self.width}")
+        for side, patch in zip(self.image_size, self.patch_size):
+            if side % (patch * self.stem_stride):
+                fail(
+                    f"image_size {self.image_size} is not a multiple of the effective patch size "
+                    f"{tuple(p * self.stem_stride for p in self.patch_size)}"
+                )
+
+    @property
+    def stem_stride(self) -> int:
+        return self.resnet.stride if self.resnet is not None else 1
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and per row at `image_size`."""
+        s = self.stem_stride
+        return (self.image_size[0] // (s * self.patch_size[0]), self.image_size[1] // (s * self.patch_size[1]))
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def replace(self, **changes) -> "ViTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["image_size"] = list(self.image_size)
+        data["patch_size"] = list(self.patch_size)
+        if self.resnet is not None:
+            data["resnet"] = {"num_layers": list(self.resnet.num_layers), "width_factor": self.resnet.width_factor}
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+# The paper's Table 1 plus Ti and S (DeiT / AugReg): name -> (width, depth, mlp_dim, heads).
+WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+# Hybrids of the original code (vit_jax/configs/models.py): name -> (resnet stages, ViT size, patch on feature map).
+HYBRIDS: dict[str, tuple[tuple[int, ...], str, int]] = {
+    "R+ViT-Ti/16": ((), "Ti", 8),  # root only (stride 4), 8x8 patches on its map (the original's naming)
+    "R26+ViT-S/32": ((2, 2, 2, 2), "S", 1),
+    "R26+ViT-B/32": ((2, 2, 2, 2), "B", 1),
+    "R50+ViT-B/16": ((3, 4, 9), "B", 1),
+    "R50+ViT-L/32": ((3, 4, 6, 3), "L", 1),
+}
+
+PLAIN = ["ViT-Ti/16", "ViT-S/16", "ViT-S/32", "ViT-B/8", "ViT-B/16", "ViT-B/32", "ViT-L/16", "ViT-L/32", "ViT-H/14"]
+
+_PLAIN_NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$")
+
+
+def list_models() -> list[str]:
+    """The registered variants, plain ViTs first, then the hybrids."""
+    return PLAIN + list(HYBRIDS)
+
+
+def _canonical(name: str) -> str:
+    # accept the original checkpoint file names too: "ViT-B_16", "R50+ViT-B_16"
+    return re.sub(r"_(\d+)$", r"/\1", name.strip())
+
+
+def variant_config(name: str, **overrides) -> ViTConfig:
+    """Decode a variant name into a config; `overrides` set any other field.
+
+    Any "ViT-<size>/<patch>" is accepted (for example "ViT-S/8"); `list_models()` lists the paper's.
+    """
+    canonical = _canonical(name)
+    if canonical in HYBRIDS:
+        stages, size, patch = HYBRIDS[canonical]
+        width, depth, mlp_dim, heads = WIDTHS[size]
+        base = dict(
+            patch_size=patch, width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads,
+            resnet=ResNetConfig(num_layers=stages, width_factor=1.0),
+        )
+    else:
+        match = _PLAIN_NAME.match(canonical)
+        if not match:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        width, depth, mlp_dim, heads = WIDTHS[match.group(1)]
+        base = dict(patch_size=int(match.group(2)), width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
+    base["name"] = canonical
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(base.get("resnet"), dict):
+        base["resnet"] = ResNetConfig(**base["resnet"])
+    return ViTConfig(**base)
+
+
+def default_heads(width: int) -> int:
+    """Heads for a width read from a file that does not store them: the variant table's, else 64 per head."""
+    for w, _, _, heads in WIDTHS.values():
+        if w == width:
+            return heads
+    return max(width // 64, 1)
+
+
+__all__ = [
+    "ViTConfig",
+    "ResNetConfig",
+    "Preprocessing",
+    "list_models",
+    "variant_config",
+    "default_heads",
+    "WIDTHS",
+    "HYBRIDS",
+    "to_pair",
+]
