@@ -33,8 +33,14 @@ def count_parameters(model: torch.nn.Module) -> int:
 def count_flops(config: ViTConfig, batch_size: int = 1) -> int:
     """Floating-point operations of one forward at the config's image size (a multiply-add counts 2).
 
-    Counted by PyTorch's FlopCounterMode on the meta device, so no memory is spent on weights.
+    Counted by PyTorch's FlopCounterMode on the meta device (no memory spent on weights), for one and two blocks;
+    the blocks being identical, the count for `depth` blocks follows exactly.
     """
+    one, two = (_counted_flops(config.replace(depth=d, drop_path=0.0), batch_size) for d in (1, 2))
+    return one + (config.depth - 1) * (two - one)
+
+
+def _counted_flops(config: ViTConfig, batch_size: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):

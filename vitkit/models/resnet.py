@@ -123,6 +123,15 @@ class ResNetStem(nn.Module):
 
 
 def _lecun_normal_(tensor: torch.Tensor, fan_in: int) -> None:
-    """Flax's lecun_normal: truncated normal (2 std) with variance 1 / fan_in."""
+    """Flax's lecun_normal: a normal truncated at 2 std, with variance 1 / fan_in after truncation."""
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+    _trunc_normal_(tensor, std, bound=2.0)
+
+
+def _trunc_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> None:
+    """Inverse-CDF sampling of N(0, std) truncated at +-bound std (one pass, unlike a rejection loop)."""
+    if tensor.is_meta:
+        return
+    edge = math.erf(bound / math.sqrt(2.0))
+    tensor.uniform_(-edge, edge)  # the normal's CDF range inside the bounds, mapped to (-1, 1)
+    tensor.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(-bound * std, bound * std)
