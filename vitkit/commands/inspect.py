@@ -1,0 +1,182 @@
+"""`vitkit inspect attention|distance|posemb|filters CKPT ...`: the paper's Figures 6 and 7 as PNGs.
+
+Each subcommand calls a function of `vitkit.inspect` that returns the numbers, draws them with
+`vitkit.inspect.plots`, prints where the PNG went, and with --arrays also writes the numbers as .npz.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ORDER = 60
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="attention rollout, attention distance, position embeddings, filters",
+                       description="Draw what a trained model has learned (the paper's Section 4.5): attention "
+                       "rollout (Figure 6), mean attention distance, position-embedding similarity and the principal "
+                       "components of the patch-embedding filters (Figure 7).")
+    kinds = p.add_subparsers(dest="what", metavar="WHAT")
+    kinds.required = True
+
+    def common(q, default_out):
+        q.add_argument("checkpoint", help="model file of any supported format (vitkit, Google .npz, timm, HF)")
+        q.add_argument("--out", "-o", default=default_out, help=f"PNG to write (default {default_out})")
+        q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
+        q.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
+        q.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+        q.set_defaults(func=run)
+
+    q = kinds.add_parser("attention", help="attention rollout over the images, and the class token's attention "
+                         "per layer and head", description="Attention rollout (Abnar and Zuidema, 2020) from the "
+                         "class token to the patches, drawn over each image as the paper's Figure 6; and, in "
+                         "<out>_heads.png, the class token's attention per layer and head for the first image.")
+    common(q, "attention.png")
+    q.add_argument("images", nargs="+", help="image files")
+    q.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
+                   help="how to combine the heads of a layer before rolling out (default mean, as the paper)")
+    q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    q = kinds.add_parser("distance", help="mean attention distance of every head at every depth",
+                         description="Mean attention distance in pixels (Figure 7 right, Appendix D.7): distance "
+                         "between query and key patch centres weighted by the attention, averaged over the query "
+                         "patches and a sample of images; the class token is left out as query and key.")
+    common(q, "distance.png")
+    q.add_argument("--data", required=True, help="folder of images (an ImageFolder tree or flat)")
+    q.add_argument("--num-images", type=int, default=128, help="random sample of this many images (default 128)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    q = kinds.add_parser("posemb", help="cosine similarity of the position embeddings",
+                         description="For every patch position, the cosine similarity of its position embedding to "
+                         "all others, as a grid of small heat maps (Figure 7 centre).")
+    common(q, "posemb.png")
+
+    q = kinds.add_parser("filters", help="principal components of the patch-embedding filters",
+                         description="The first principal components of the patch-embedding filters as RGB tiles "
+                         "(Figure 7 left). Not for hybrid models, whose embedding sees ResNet features.")
+    common(q, "filters.png")
+    q.add_argument("--components", type=int, default=28, help="how many components (default 28, as the paper)")
+    q.add_argument("--columns", type=int, default=7, help="tiles per row (default 7)")
+
+
+def _positive(value: int, name: str) -> int:
+    from ..errors import UsageError
+
+    if value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _load(args):
+    import torch
+
+    from .. import load
+
+    model = load(args.checkpoint, num_heads=args.num_heads, pool=args.pool)
+    device = getattr(args, "device", "cpu")
+    try:
+        model.to(torch.device(device))
+    except (RuntimeError, AssertionError) as e:
+        from ..errors import UsageError
+
+        raise UsageError(f"cannot use device {device!r}: {e}") from None
+    return model.eval()
+
+
+def _write_arrays(args, **arrays) -> None:
+    if args.arrays:
+        import numpy as np
+
+        path = Path(args.arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        print(f"wrote {path}")
+
+
+def run(args) -> int:
+    return {"attention": _attention, "distance": _distance, "posemb": _posemb, "filters": _filters}[args.what](args)
+
+
+def _attention(args) -> int:
+    import numpy as np
+
+    from ..inspect import attention_rollout, class_token_attention, load_images
+    from ..inspect.plots import plot_attention_rollout, plot_class_token_attention
+
+    _positive(args.batch_size, "--batch-size")
+    model = _load(args)
+    device = next(model.parameters()).device
+    maps, pixels = [], []
+    for start in range(0, len(args.images), args.batch_size):
+        batch, batch_pixels = load_images(args.images[start:start + args.batch_size], model)
+        maps.append(attention_rollout(model, batch.to(device), head_fusion=args.head_fusion))
+        pixels.append(batch_pixels)
+        if start == 0:
+            heads = class_token_attention(model, batch[:1].to(device))[0]  # (layers, heads, gh, gw)
+    maps, pixels = np.concatenate(maps), np.concatenate(pixels)
+    out = Path(args.out)
+    heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
+    plot_attention_rollout(pixels, maps, out, titles=[Path(p).name for p in args.images])
+    plot_class_token_attention(pixels[0], heads, heads_out)
+    print(f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
+          f"heads fused by {args.head_fusion})")
+    print(f"wrote {heads_out} (class token attention, {heads.shape[0]} layers x {heads.shape[1]} heads, "
+          f"{Path(args.images[0]).name})")
+    _write_arrays(args, rollout=maps, class_token_attention=heads)
+    return 0
+
+
+def _distance(args) -> int:
+    from ..inspect import find_images, image_batches, mean_attention_distance
+    from ..inspect.attention import effective_patch_size
+    from ..inspect.plots import plot_attention_distance
+
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.num_images, "--num-images")
+    model = _load(args)
+    device = next(model.parameters()).device
+    files = find_images(args.data, limit=args.num_images, seed=args.seed)
+    batches = (batch.to(device) for batch in image_batches(files, model, args.batch_size))
+    distances = mean_attention_distance(model, batches)  # (layers, heads)
+    plot_attention_distance(distances, args.out, image_size=model.preprocessing.image_size)
+    patch = effective_patch_size(model)
+    print(f"mean attention distance in pixels over {len(files)} images ({tuple(model.preprocessing.image_size)} px "
+          f"input, {patch[0]}x{patch[1]} px patches):")
+    print(f"{'layer':>5} {'min':>7} {'mean':>7} {'max':>7}")
+    for layer, row in enumerate(distances):
+        print(f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}")
+    print(f"wrote {args.out}")
+    _write_arrays(args, mean_attention_distance=distances)
+    return 0
+
+
+def _posemb(args) -> int:
+    from ..inspect import position_embedding_similarity
+    from ..inspect.plots import plot_position_similarity
+
+    model = _load(args)
+    similarity = position_embedding_similarity(model)
+    plot_position_similarity(similarity, args.out)
+    gh, gw = similarity.shape[:2]
+    print(f"wrote {args.out} (position embedding similarity, {gh}x{gw} patches, {model.config.posemb})")
+    _write_arrays(args, position_embedding_similarity=similarity)
+    return 0
+
+
+def _filters(args) -> int:
+    from ..inspect import filter_components
+    from ..inspect.plots import plot_filters
+
+    _positive(args.components, "--components")
+    _positive(args.columns, "--columns")
+    model = _load(args)
+    components, explained = filter_components(model, args.components)
+    plot_filters(components, args.out, columns=args.columns, explained=explained)
+    print(f"wrote {args.out} (first {len(components)} principal components of the patch-embedding filters, "
+          f"{100 * explained.sum():.1f}% of their variance)")
+    _write_arrays(args, components=components, explained_variance_ratio=explained)
+    return 0
