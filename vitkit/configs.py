@@ -19,9 +19,13 @@ GELUS = ("exact", "tanh")
 
 def to_pair(value) -> tuple[int, int]:
     """7 -> (7, 7); [7, 9] -> (7, 9)."""
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    pair = tuple(int(v) for v in value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+    pair = tuple(value)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
     if len(pair) != 2:
         raise ValueError(f"expected an int or a pair of ints, got {value!r}")
     return pair  # type: ignore[return-value]
@@ -35,7 +39,16 @@ class ResNetConfig:
     width_factor: float = 1.0  # root width is 64 * width_factor; stage i has bottleneck width root * 2**i
 
     def __post_init__(self):
-        self.num_layers = tuple(int(n) for n in self.num_layers)
+        if isinstance(self.num_layers, (str, bytes)) or not hasattr(self.num_layers, "__iter__") or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in self.num_layers):
+            raise ValueError(f"invalid ResNetConfig: num_layers={self.num_layers!r}, expected unit counts")
+        self.num_layers = tuple(self.num_layers)
+        if len(self.num_layers) > 8:
+            raise ValueError(f"invalid ResNetConfig: {len(self.num_layers)} stages")
+        if not isinstance(self.width_factor, (int, float)) or not 0 < self.width_factor <= 64 or \
+                int(64 * self.width_factor) % 32:
+            raise ValueError(f"invalid ResNetConfig: width_factor={self.width_factor!r} (64 * it must be a positive "
+                             "multiple of 32, the GroupNorm groups)")
 
     @property
     def width(self) -> int:
@@ -67,12 +80,16 @@ class Preprocessing:
         self.image_size = to_pair(self.image_size)
         self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+        if len(self.mean) != len(self.std) or not self.mean or not all(s > 0 for s in self.std):
+            raise ValueError(f"invalid preprocessing: mean {self.mean}, std {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of Preprocessing fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -110,6 +127,8 @@ class ViTConfig:
         self.patch_size = to_pair(self.patch_size)
         if isinstance(self.resnet, dict):
             self.resnet = ResNetConfig(**self.resnet)
+        elif self.resnet is not None and not isinstance(self.resnet, ResNetConfig):
+            raise ValueError(f"invalid ViTConfig: resnet={self.resnet!r}")
         if self.class_token is None:
             self.class_token = self.pool == "token"
         self.validate()
@@ -118,6 +137,23 @@ class ViTConfig:
         def fail(msg):
             raise ValueError(f"invalid ViTConfig: {msg}")
 
+        for name in ("width", "depth", "num_heads", "mlp_dim", "in_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(f"{name}={value!r}, expected a positive integer")
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+            fail(f"num_classes={self.num_classes!r}, expected an integer >= 0")
+        if self.representation_size is not None and (not isinstance(self.representation_size, int)
+                                                     or self.representation_size < 1):
+            fail(f"representation_size={self.representation_size!r}, expected a positive integer or None")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                fail(f"{name}={value!r}, expected a rate in [0, 1)")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            fail(f"layer_norm_eps={self.layer_norm_eps!r}, expected a positive number")
+        if min(self.image_size) < 1 or min(self.patch_size) < 1:
+            fail(f"image_size {self.image_size} and patch_size {self.patch_size} must be positive")
         if self.pool not in POOLS:
             fail(f"pool={self.pool!r}, expected one of {POOLS}")
         if self.posemb not in POSEMBS:
@@ -132,6 +168,8 @@ class ViTConfig:
             fail(f"posemb='learned_2d' needs an even width, got {self.width}")
         if self.posemb == "sincos_2d" and self.width % 4:
             fail(f"posemb='sincos_2d' needs a width divisible by 4, got {self.width}")
+        if any(side < patch * self.stem_stride for side, patch in zip(self.image_size, self.patch_size)):
+            fail(f"image_size {self.image_size} is smaller than one patch")
         for side, patch in zip(self.image_size, self.patch_size):
             if side % (patch * self.stem_stride):
                 fail(
@@ -177,6 +215,8 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of ViTConfig fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

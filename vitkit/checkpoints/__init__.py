@@ -16,7 +16,7 @@ import torch
 from ..configs import Preprocessing, ViTConfig
 from ..errors import CheckpointError
 from ..models.vit import VisionTransformer
-from .common import Converted, check_against_model
+from .common import Converted, check_against_model, check_block_counts
 from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
@@ -42,7 +42,7 @@ def _metadata(model: VisionTransformer, fmt: str) -> dict[str, str]:
 def _vitkit_from_metadata(meta: dict[str, str], tensors: dict[str, torch.Tensor], path) -> Converted:
     try:
         config = ViTConfig.from_dict(json.loads(meta["vitkit.config"]))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(path, f"invalid model config in the metadata ({e})", key="vitkit.config") from None
     preprocessing, class_names = _extras_from_metadata(meta, path)
     return Converted(config, dict(tensors), {}, preprocessing or Preprocessing(image_size=config.image_size),
@@ -58,7 +58,7 @@ def _extras_from_metadata(meta: dict[str, str], path):
             class_names = json.loads(meta["vitkit.class_names"])
             if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
                 raise ValueError("expected a list of strings")
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(path, f"invalid metadata ({e})", key="vitkit.preprocessing/class_names") from None
     return preprocessing, class_names
 
@@ -71,7 +71,14 @@ def _hints(meta: dict[str, str]) -> dict:
         return {}
     if not isinstance(config, dict):
         return {}
-    return {k: config[k] for k in ("num_heads", "pool", "gelu", "layer_norm_eps", "image_size") if k in config}
+    checks = {
+        "num_heads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "pool": lambda v: v in ("token", "gap"),
+        "gelu": lambda v: v in ("exact", "tanh"),
+        "layer_norm_eps": lambda v: isinstance(v, float) and v > 0,
+        "image_size": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v),
+    }
+    return {k: config[k] for k, ok in checks.items() if k in config and ok(config[k])}
 
 
 def read_checkpoint(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None) -> Converted:
@@ -161,10 +168,17 @@ def load(
     bad = sorted(set(overrides) - runtime_only)
     if bad:
         raise TypeError(f"load() got unexpected argument(s): {', '.join(bad)}")
-    if overrides:
-        config = config.replace(**overrides)
+    try:
+        if overrides:
+            config = config.replace(**overrides)
+        check_block_counts(config, converted, path)  # before building anything, so a huge depth cannot hang us
+        with torch.device("meta"):  # shapes first, without memory for weights
+            check_against_model(VisionTransformer(config), converted, path)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(path, f"invalid model configuration ({e})") from None
     model = VisionTransformer(config)
-    check_against_model(model, converted, path)
     model.load_state_dict(converted.state_dict, strict=True)
     model.preprocessing = converted.preprocessing or Preprocessing(image_size=config.image_size)
     model.class_names = converted.class_names

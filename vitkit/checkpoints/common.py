@@ -97,16 +97,42 @@ def square_grid(num_patches: int, path, key: str) -> tuple[int, int]:
     return side, side
 
 
+def check_block_counts(config: ViTConfig, converted: Converted, path) -> None:
+    """The config's depth and ResNet stages agree with the tensors present: checked before any model is built."""
+    keys = converted.state_dict.keys()
+
+    def count(prefix: str) -> int:
+        indices = {k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)}
+        return len(indices)
+
+    if count("blocks.") != config.depth:
+        raise CheckpointError(path, f"the config says {config.depth} blocks, the file has {count('blocks.')}",
+                              key="blocks")
+    stages = config.resnet.num_layers if config.resnet is not None else ()
+    if count("stem.stages.") > len(stages):
+        raise CheckpointError(path, f"the config says {len(stages)} ResNet stages, the file has more", key="stem")
+    for i, units in enumerate(stages):
+        if count(f"stem.stages.{i}.") != units:
+            raise CheckpointError(path, f"the config says {units} units in ResNet stage {i}, the file has "
+                                  f"{count(f'stem.stages.{i}.')}", key=f"stem.stages.{i}")
+
+
 def check_against_model(model: torch.nn.Module, converted: Converted, path) -> None:
-    """Every key the model has is in the converted dict with its shape, and nothing else: else CheckpointError."""
+    """Every key the model has is in the converted dict with its shape and a floating dtype, and nothing else:
+    else CheckpointError."""
     expected = model.state_dict()
     for key, tensor in expected.items():
         source = converted.sources.get(key, key)
         if key not in converted.state_dict:
             raise CheckpointError(path, f"missing tensor (needed for {key})", key=source)
-        found = tuple(converted.state_dict[key].shape)
+        value = converted.state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(path, f"expected a tensor, found {type(value).__name__}", key=source)
+        found = tuple(value.shape)
         if found != tuple(tensor.shape):
             raise CheckpointError(path, f"expected shape {tuple(tensor.shape)}, found {found}", key=source)
+        if not torch.is_floating_point(value):
+            raise CheckpointError(path, f"expected a floating-point tensor, found {value.dtype}", key=source)
     extra = sorted(set(converted.state_dict) - set(expected))
     if extra:
         raise CheckpointError(path, "unexpected tensor", key=converted.sources.get(extra[0], extra[0]))

@@ -154,25 +154,53 @@ def read_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of an `.npz` file, refusing pickled objects (allow_pickle=False)."""
+    """The arrays of an `.npz` file, refusing pickled objects (allow_pickle=False).
+
+    Each member's .npy header is checked against the member's size before any array is allocated, so a file
+    that declares a huge shape is refused instead of exhausting memory.
+    """
     path = Path(path)
     _check_exists(path)
     arrays = {}
     key = None
     try:
+        _check_npy_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             for key in data.files:
                 arrays[key] = data[key]
+    except CheckpointError:
+        raise
     except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, zlib errors...
         if isinstance(e, ValueError) and "pickle" in str(e):
             raise CheckpointError(path, "refused: array stored as pickled objects", key=key) from None
         kind = "not a readable .npz file" if isinstance(e, (zipfile.BadZipFile, OSError, EOFError)) or key is None \
             else "corrupt array"
         raise CheckpointError(path, f"{kind} ({type(e).__name__}: {_first_line(e)})", key=key) from None
-    for key, value in arrays.items():
+    for key, value in list(arrays.items()):
         if value.dtype.kind not in "fiu":
             raise CheckpointError(path, f"expected a numeric array, found dtype {value.dtype}", key=key)
+        if not value.dtype.isnative:
+            arrays[key] = value.astype(value.dtype.newbyteorder("="))
     return arrays
+
+
+def _check_npy_sizes(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                header_bytes = member.tell()
+            if dtype.hasobject:
+                raise CheckpointError(path, "refused: array stored as pickled objects", key=key)
+            declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if declared != info.file_size - header_bytes:
+                raise CheckpointError(path, f"array declares shape {tuple(shape)} ({declared} bytes) but holds "
+                                      f"{info.file_size - header_bytes} bytes", key=key)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
