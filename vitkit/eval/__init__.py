@@ -1,0 +1,1 @@
+"""Evaluation: top-k accuracy, few-shot linear evaluation, linear probe."""
