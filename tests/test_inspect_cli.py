@@ -21,7 +21,8 @@ def workspace(tmp_path_factory):
     for cls in ("cats", "dogs"):
         (root / "data" / cls).mkdir(parents=True)
         for i in range(3):  # sizes other than the model's: the command resizes them
-            Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(root / "data" / cls / f"{i}.png")
+            pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "data" / cls / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(root / "grey.jpg")  # greyscale JPEG
     return root
 

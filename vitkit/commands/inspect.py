@@ -23,7 +23,8 @@ def register(sub) -> None:
         q.add_argument("checkpoint", help="model file of any supported format (vitkit, Google .npz, timm, HF)")
         q.add_argument("--out", "-o", default=default_out, help=f"PNG to write (default {default_out})")
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
-        q.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
+        q.add_argument("--num-heads", type=int,
+                       help="heads, for timm files and bare HF weights that do not record them")
         q.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
         q.set_defaults(func=run)
 
@@ -121,10 +122,11 @@ def _attention(args) -> int:
     out = Path(args.out)
     heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
     plot_attention_rollout(pixels, maps, out, titles=[Path(p).name for p in args.images])
-    plot_class_token_attention(pixels[0], heads, heads_out)
+    query = "class token" if model.num_prefix_tokens else "mean patch token (no class token)"
+    plot_class_token_attention(pixels[0], heads, heads_out, title=f"{query} attention to the patches")
     print(f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
           f"heads fused by {args.head_fusion})")
-    print(f"wrote {heads_out} (class token attention, {heads.shape[0]} layers x {heads.shape[1]} heads, "
+    print(f"wrote {heads_out} ({query} attention, {heads.shape[0]} layers x {heads.shape[1]} heads, "
           f"{Path(args.images[0]).name})")
     _write_arrays(args, rollout=maps, class_token_attention=heads)
     return 0

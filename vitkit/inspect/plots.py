@@ -76,7 +76,8 @@ def plot_attention_rollout(pixels: np.ndarray, maps: np.ndarray, path, titles: l
     return _save(figure, path)
 
 
-def plot_class_token_attention(pixels: np.ndarray, maps: np.ndarray, path, layers: list[int] | None = None) -> Path:
+def plot_class_token_attention(pixels: np.ndarray, maps: np.ndarray, path, layers: list[int] | None = None,
+                               title: str = "class token attention to the patches") -> Path:
     """The class token's attention to the patches: one row per layer, one column per head, each map scaled to its
     own maximum, beside the image. pixels uint8 (H, W, C); maps (layers, heads, gh, gw)."""
     num_layers, num_heads, gh, gw = maps.shape
@@ -98,7 +99,7 @@ def plot_class_token_attention(pixels: np.ndarray, maps: np.ndarray, path, layer
     axes.tick_params(length=0)
     for side in axes.spines.values():
         side.set_visible(False)
-    axes.set_title("class token attention to the patches (each map scaled to its maximum)", fontsize=9)
+    axes.set_title(f"{title} (each map scaled to its maximum)", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 
@@ -116,10 +117,10 @@ def plot_attention_distance(distances: np.ndarray, path, image_size: tuple[int, 
     cmap = colormaps["tab20"] if num_heads > 10 else colormaps["tab10"]
     for head in range(num_heads):
         axes.scatter(depth, distances[:, head], s=14, color=cmap(head % cmap.N), label=f"head {head}")
-    if image_size is not None:
-        axes.set_ylim(0, float(np.hypot(*image_size)) / 2)
-    else:
-        axes.set_ylim(0, None)
+    top = 1.05 * float(np.max(distances)) if distances.size else 1.0
+    if image_size is not None:  # half the image diagonal, or more where a head looks further
+        top = max(top, float(np.hypot(*image_size)) / 2)
+    axes.set_ylim(0, top)
     axes.set_xlabel("network depth (layer)")
     axes.set_ylabel("mean attention distance (pixels)")
     axes.set_xticks(depth)
@@ -151,15 +152,15 @@ def plot_position_similarity(similarity: np.ndarray, path) -> Path:
 
 
 def plot_filters(components: np.ndarray, path, columns: int = 7, explained: np.ndarray | None = None) -> Path:
-    """The paper's Figure 7 left: principal components of the embedding filters as tiles, each scaled to [0, 1]
-    on its own. components (n, C, ph, pw); RGB for 3 channels, grey otherwise (the mean over channels)."""
+    """The paper's Figure 7 left: principal components of the embedding filters as tiles, each scaled on its own
+    so that zero is mid-grey and its largest magnitude reaches black or white (a colour's sign stays visible).
+    components (n, C, ph, pw); RGB for 3 channels, grey otherwise (the mean over channels)."""
     n, channels, ph, pw = components.shape
     tiles = components.transpose(0, 2, 3, 1)  # (n, ph, pw, C)
     if channels != 3:
         tiles = np.repeat(tiles.mean(axis=-1, keepdims=True), 3, axis=-1)
-    low = tiles.reshape(n, -1).min(axis=1)[:, None, None, None]
-    high = tiles.reshape(n, -1).max(axis=1)[:, None, None, None]
-    tiles = (tiles - low) / np.maximum(high - low, 1e-12)
+    peak = np.abs(tiles).reshape(n, -1).max(axis=1)[:, None, None, None]
+    tiles = 0.5 + 0.5 * tiles / np.maximum(peak, 1e-12)  # zero is mid-grey, so colours keep their sign
     columns = min(columns, n)
     mosaic = _mosaic(tiles, columns=columns, gap=max(ph // 8, 1), fill=1.0)
     rows = -(-n // columns)
