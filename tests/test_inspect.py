@@ -330,3 +330,33 @@ def test_load_images_resizes_and_normalises_as_the_model_says(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(UsageError, match="cannot read"):
         load_images([tmp_path / "bad.png"], model)
+
+
+def uniform_attention_(model):
+    """Zero query and key projections: every score is 0, so every token attends uniformly to all tokens."""
+    with torch.no_grad():
+        for layer in model.attention_layers():
+            layer.qkv.weight[:2 * layer.qkv.in_features].zero_()
+            layer.qkv.bias.zero_()
+    return model.eval()
+
+
+def brute_force_mean_distance(grid, patch):
+    """Mean over query patches of the mean distance to all key patches, by explicit loops over patch centres."""
+    (gh, gw), (ph, pw) = grid, patch
+    centres = [((r + 0.5) * ph, (c + 0.5) * pw) for r in range(gh) for c in range(gw)]
+    return np.mean([np.mean([math.dist(q, k) for k in centres]) for q in centres])
+
+
+def test_mean_attention_distance_counts_pixels_of_the_effective_patch_for_hybrids_and_other_sizes():
+    hybrid = uniform_attention_(vitkit.create_model(
+        "ViT-Ti/16", num_classes=3, image_size=32, patch_size=2, width=8, depth=2, num_heads=2, mlp_dim=8,
+        resnet=ResNetConfig(num_layers=())))  # root stride 4 x patch 2: 8 px patches, a 4x4 grid
+    got = mean_attention_distance(hybrid, torch.randn(2, 3, 32, 32))
+    np.testing.assert_allclose(got, np.full((2, 2), brute_force_mean_distance((4, 4), (8, 8))), rtol=1e-6)
+    dynamic = uniform_attention_(vitkit.create_model(
+        "ViT-Ti/16", num_classes=3, image_size=16, patch_size=4, width=8, depth=1, num_heads=1, mlp_dim=8,
+        dynamic_image_size=True))
+    got = mean_attention_distance(dynamic, torch.randn(1, 3, 24, 16))  # a 6x4 grid of 4 px patches
+    np.testing.assert_allclose(got, [[brute_force_mean_distance((6, 4), (4, 4))]], rtol=1e-6)
+    assert attention_rollout(dynamic, torch.randn(1, 3, 24, 16)).shape == (1, 6, 4)

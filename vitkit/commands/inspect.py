@@ -121,13 +121,14 @@ def _attention(args) -> int:
     maps, pixels = np.concatenate(maps), np.concatenate(pixels)
     out = Path(args.out)
     heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
-    plot_attention_rollout(pixels, maps, out, titles=[Path(p).name for p in args.images])
+    titles = ["/".join(Path(p).parts[-2:]) for p in args.images]  # class folder and file name
+    plot_attention_rollout(pixels, maps, out, titles=titles)
     query = "class token" if model.num_prefix_tokens else "mean patch token (no class token)"
     plot_class_token_attention(pixels[0], heads, heads_out, title=f"{query} attention to the patches")
     print(f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
           f"heads fused by {args.head_fusion})")
     print(f"wrote {heads_out} ({query} attention, {heads.shape[0]} layers x {heads.shape[1]} heads, "
-          f"{Path(args.images[0]).name})")
+          f"{titles[0]})")
     _write_arrays(args, rollout=maps, class_token_attention=heads)
     return 0
 
