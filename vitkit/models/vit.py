@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import Preprocessing, ViTConfig, to_pair
+from .fast import attention, linear
 from .posemb import resample_axis, resample_pos_embed, sincos_2d
 from .resnet import ResNetStem, _lecun_normal_
 
@@ -57,18 +58,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        qkv = linear(x, self.qkv).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim), views of the one projection
         dropout_p = self.attention_dropout if self.training else 0.0
+        x, weights = attention(q, k, v, dropout_p, keep_weights=self.keep_weights)  # (B, heads, N, head_dim)
         if self.keep_weights:
-            weights = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            weights = weights.softmax(dim=-1)
             self.last_weights = weights.detach()
-            x = F.dropout(weights, dropout_p, self.training) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, D)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear(x, self.proj))
 
 
 class Mlp(nn.Module):
@@ -83,7 +80,12 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if isinstance(self.act, nn.GELU):
+            activation = "gelu_tanh" if self.act.approximate == "tanh" else "gelu"
+            x = linear(x, self.fc1, activation)  # fc1 and GELU in one call on the fast path
+        else:
+            x = self.act(linear(x, self.fc1))
+        return self.drop2(linear(self.drop1(x), self.fc2))
 
 
 class DropPath(nn.Module):

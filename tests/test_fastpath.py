@@ -1,0 +1,137 @@
+"""The fast path computes the plain path's function: fused kernels, explicit attention, bf16 weights, packing,
+torch.compile, int8. Tiny models only; no test measures time."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitkit
+from vitkit.models import fast
+from vitkit.models.fast import optimize_for_inference, plain_path
+
+from conftest import randomize_, rel_err
+
+TINY = dict(image_size=16, patch_size=4, depth=2, width=48, num_heads=3, mlp_dim=96, num_classes=7)
+
+
+def tiny(seed=0, **overrides):
+    return randomize_(vitkit.create_model("ViT-Ti/16", **{**TINY, **overrides}), seed=seed).eval()
+
+
+def plain(model, x):
+    with torch.no_grad(), plain_path():
+        return model(x)
+
+
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_fused_cpu_inference_matches_plain_path(images, gelu, grad_mode):
+    model = tiny(gelu=gelu)
+    x = images(3, 16)
+    context = torch.no_grad() if grad_mode == "no_grad" else torch.inference_mode()
+    with context:
+        out = model(x)
+    assert rel_err(out, plain(model, x)) < 1e-5
+
+
+def test_fused_linear_equals_linear_then_gelu():
+    layer = torch.nn.Linear(16, 24)
+    x = torch.randn(2, 5, 16)
+    for activation, approximate in ((None, None), ("gelu", "none"), ("gelu_tanh", "tanh")):
+        with torch.no_grad():
+            got = fast.linear(x, layer, activation)
+            want = layer(x) if approximate is None else F.gelu(layer(x), approximate=approximate)
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        fast.linear(x, layer, "relu")
+
+
+def test_forward_hooks_on_dense_layers_still_fire(images):
+    model = tiny()
+    seen = []
+    handle = model.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model(images(2, 16))
+    handle.remove()
+    assert seen == [torch.Size([2, 17, TINY["mlp_dim"]])]
+
+
+def test_explicit_attention_matches_sdpa():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 16, generator=gen) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v)
+    got, weights = fast.attention(q, k, v, keep_weights=True)  # keep_weights takes the explicit path
+    assert rel_err(got, want) < 1e-6
+    assert weights.shape == (2, 3, 17, 17) and torch.allclose(weights.sum(-1), torch.ones(2, 3, 17))
+    got16, none = fast.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())  # bf16 on the CPU: explicit by default
+    assert none is None and rel_err(got16.float(), want) < 2e-2
+
+
+def test_keep_weights_still_works_on_the_fast_path(images):
+    model = tiny()
+    x = images(2, 16)
+    layer = model.blocks[1].attn
+    layer.keep_weights = True
+    with torch.no_grad():
+        out = model(x)
+    layer.keep_weights = False
+    assert layer.last_weights.shape == (2, 3, 17, 17)
+    assert torch.allclose(layer.last_weights.sum(-1), torch.ones(2, 3, 17), atol=1e-5)
+    assert rel_err(out, plain(model, x)) < 1e-5
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_fast_path_gradients_match_plain_path(images, precision):
+    """Training uses explicit attention for bf16 (autocast) on the CPU; gradients agree with the plain path."""
+    x, y = images(4, 16), torch.arange(4) % 7
+    grads = []
+    for context in (torch.enable_grad, plain_path):
+        model = tiny().train()
+        with context(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert rel_err(grads[0], grads[1]) < (3e-2 if precision == "bf16" else 1e-5)
+
+
+def test_bf16_weights_match_float32_within_bf16_tolerance(images):
+    model = tiny()
+    x = images(8, 16)
+    fast16 = optimize_for_inference(model, "bfloat16")
+    out = fast16(x)
+    assert out.dtype == torch.bfloat16
+    reference = plain(model, x)
+    assert rel_err(out.float(), reference) < 3e-2
+    assert (out.float().argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
+
+
+def test_inference_copy_is_frozen_packed_and_keeps_names(images):
+    model = tiny()
+    x = images(3, 16)
+    frozen = optimize_for_inference(model)
+    assert set(frozen.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+    assert frozen.model.blocks[0].attn.qkv.packed_weight.is_mkldnn
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the original is untouched
+    assert rel_err(frozen(x), plain(model, x)) < 1e-5
+
+
+def test_compiled_matches_eager(images):
+    model = tiny(depth=1)
+    x = images(2, 16)
+    compiled = optimize_for_inference(model, compile=True)
+    assert rel_err(compiled(x), plain(model, x)) < 1e-5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao not installed")
+def test_int8_dynamic_quantization_stays_close(images):
+    model = tiny()
+    x = images(8, 16)
+    quantized = fast.quantize_int8(model)
+    with torch.inference_mode():
+        out = quantized(x)
+    assert rel_err(out, plain(model, x)) < 5e-2

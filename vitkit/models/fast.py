@@ -1,0 +1,192 @@
+"""The fast path: kernels chosen by measurement, computing the same function as the plain PyTorch layers.
+
+What it does and why (numbers from `vitkit bench` on a 2-core AVX-512 CPU; see README "Speed"):
+  - CPU inference (no autograd, float32 or bfloat16): dense layers run on oneDNN with the bias and GELU fused into the
+    matrix product. PyTorch's own `F.linear` goes to MKL for float32, which on this AMD CPU is ~15% slower than
+    oneDNN, then spends a separate pass on GELU (and on copying the bias into the output).
+  - bfloat16 (or float16) attention on the CPU: explicit `softmax(q k^T / sqrt(d)) v` with batched matrix products
+    instead of `scaled_dot_product_attention`, whose CPU flash kernel is ~1.5x slower forward and ~4x slower
+    forward + backward in bfloat16 at ViT sequence lengths. float32 and GPU keep `scaled_dot_product_attention`.
+  - `optimize_for_inference`: a frozen copy whose weights are cast once (bfloat16 without autocast re-casting every
+    weight at every call), run under `torch.inference_mode`, optionally `torch.compile`d.
+
+`plain_path()` turns all of it off (the reference the tests compare against). Tracing, compiling and ONNX export
+always take the plain path, so exported graphs hold standard operators only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_state = threading.local()
+
+# Sequence length up to which the explicit bfloat16 attention is used on the CPU (it holds the (B, heads, N, N)
+# weights in memory; ViT-B/16 at 384 px has N = 577).
+EXPLICIT_ATTENTION_MAX_TOKENS = 1024
+
+
+def fast_path_enabled() -> bool:
+    return getattr(_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def plain_path():
+    """Run models with plain PyTorch layers only (F.linear, F.gelu, scaled_dot_product_attention)."""
+    previous = fast_path_enabled()
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+def _tracing() -> bool:
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export())
+
+
+def _onednn_bf16() -> bool:
+    if not hasattr(_onednn_bf16, "value"):
+        _onednn_bf16.value = bool(torch.backends.mkldnn.is_available()
+                                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return _onednn_bf16.value
+
+
+def _use_onednn(x: torch.Tensor, layer: nn.Module) -> bool:
+    """oneDNN's fused dense kernel has no autograd formula and no autocast rule: inference on plain tensors only,
+    for plain `nn.Linear` layers (not quantized or otherwise replaced ones) that no hook watches."""
+    if not fast_path_enabled() or _tracing() or torch.is_grad_enabled() or type(layer) is not nn.Linear:
+        return False
+    if layer._forward_hooks or layer._forward_pre_hooks or nn.modules.module._global_forward_hooks:
+        return False
+    if x.device.type != "cpu" or not torch.backends.mkldnn.is_available() or torch.is_autocast_enabled("cpu"):
+        return False
+    w, b = layer.weight, layer.bias
+    if type(w) is not nn.Parameter or type(x) is not torch.Tensor:  # tensor subclasses (torchao, ...) keep their op
+        return False
+    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype) or w.device.type != "cpu":
+        return False
+    return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16())
+
+
+def _weight(layer: nn.Linear) -> torch.Tensor:
+    """The layer's weight in oneDNN's blocked layout when `pack_linear_weights` stored one, else the weight."""
+    packed = getattr(layer, "packed_weight", None)
+    if packed is not None and packed.dtype == layer.weight.dtype and packed.shape == layer.weight.shape:
+        return packed
+    return layer.weight
+
+
+def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> torch.Tensor:
+    """`layer(x)`, then `activation` ("gelu" exact, or "gelu_tanh"), fused into one oneDNN call where possible."""
+    if activation not in (None, "gelu", "gelu_tanh"):
+        raise ValueError(f"unknown activation {activation!r}; expected None, 'gelu' or 'gelu_tanh'")
+    approximate = "tanh" if activation == "gelu_tanh" else "none"
+    if _use_onednn(x, layer):
+        if activation is None:
+            return torch.ops.mkldnn._linear_pointwise(x, _weight(layer), layer.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, _weight(layer), layer.bias, "gelu", [], approximate)
+    x = layer(x)
+    return x if activation is None else F.gelu(x, approximate=approximate)
+
+
+@torch.no_grad()
+def pack_linear_weights(model: nn.Module, batch_tokens: int = 1024) -> int:
+    """Store each dense layer's weight also in oneDNN's blocked layout (`layer.packed_weight`), which the CPU
+    inference path then uses (saves the re-layout at every call: ~5% of a ViT's time). For frozen models only:
+    later changes to the weights are not seen by the packed copy. Returns the number of layers packed."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear) and layer.weight.device.type == "cpu" and (
+                layer.weight.dtype == torch.float32 or (layer.weight.dtype == torch.bfloat16 and _onednn_bf16())):
+            layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), batch_tokens)
+            count += 1
+    return count
+
+
+def _explicit_attention_preferred(q: torch.Tensor) -> bool:
+    return (fast_path_enabled() and not _tracing() and q.device.type == "cpu"
+            and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+              keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(head_dim)) v for q, k, v of shape (B, heads, N, head_dim).
+
+    Returns the output (B, heads, N, head_dim) and, with keep_weights, the attention weights (B, heads, N, N)
+    before dropout. `dropout_p` is applied as given (pass 0 outside training).
+    """
+    if not keep_weights and not _explicit_attention_preferred(q):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
+    B, H, N, d = q.shape
+    q, k, v = (t.reshape(B * H, N, d) for t in (q, k, v))  # (B * heads, N, head_dim)
+    # the scale rides on the product's alpha; beta=0 ignores the (broadcast) input
+    scores = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (B * heads, N, N)
+    weights = scores.softmax(dim=-1)  # float32 under autocast
+    attended = weights.to(v.dtype)
+    if dropout_p > 0:
+        attended = F.dropout(attended, dropout_p)
+    x = torch.bmm(attended, v).view(B, H, N, d)
+    return x, (weights.view(B, H, N, N) if keep_weights else None)
+
+
+class InferenceModel(nn.Module):
+    """A frozen copy of a model for inference: weights cast once to `dtype`, inputs cast on the way in, run under
+    `torch.inference_mode`. The wrapped model is `.model`; its state-dict names are unchanged under `model.`."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
+        super().__init__()
+        model = copy.deepcopy(model).eval().requires_grad_(False)
+        if dtype is not None:
+            model = model.to(dtype)
+        pack_linear_weights(model)
+        self.model = model
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.config = getattr(model, "config", None)
+        self.__dict__["_forward"] = model  # what forward calls: the model, or its compiled form (not a submodule)
+
+    def compile(self, **kwargs) -> "InferenceModel":
+        """torch.compile the wrapped model (inductor; weights frozen as constants by default)."""
+        options = {"freezing": True} if "backend" not in kwargs else None
+        self.__dict__["_forward"] = torch.compile(self.model, options=kwargs.pop("options", options), **kwargs)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward(images.to(self.dtype))
+
+
+def optimize_for_inference(model: nn.Module, dtype: torch.dtype | str | None = None,
+                           compile: bool = False) -> InferenceModel:
+    """A fast inference copy of `model`: `dtype` "bfloat16" casts the weights once (instead of autocast re-casting
+    them at every call); `compile=True` adds torch.compile with frozen weights (slow to start: minutes on a CPU)."""
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}[dtype]
+    fast = InferenceModel(model, dtype)
+    return fast.compile() if compile else fast
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of `model` with dynamic int8 quantization of its dense layers (int8 weights; activations quantized
+    per call), by torchao, the maintained PyTorch quantization library (`torch.ao.quantization` is deprecated).
+    CPU inference only; the fast path's oneDNN kernels step aside for the quantized layers."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as e:
+        raise ValueError("int8 quantization needs torchao: pip install torchao") from e
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
+
+
+__all__ = ["quantize_int8", "linear", "pack_linear_weights", "attention", "plain_path", "fast_path_enabled", "InferenceModel", "optimize_for_inference",
+           "EXPLICIT_ATTENTION_MAX_TOKENS"]
