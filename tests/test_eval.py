@@ -1,0 +1,139 @@
+"""Evaluation: the metrics against hand counts, and `vitkit eval` on vitkit runs and on imported checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.cli import main
+from vitkit.eval.evaluate import match_classes, restrict_confusion
+from vitkit.eval.metrics import Counts, confusion_matrix, per_class_accuracy, topk_accuracy, topk_correct
+from vitkit.errors import UsageError
+from vitkit.train.trainer import train
+
+from test_data import write_image_folder
+from test_train import tiny_config
+
+torch.set_num_threads(1)
+
+
+def quiet(message):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_topk_against_hand_counts():
+    logits = torch.tensor([[0.1, 0.5, 0.2, 0.0],    # best 1, then 2, 0, 3
+                           [0.9, 0.0, 0.3, 0.4],    # best 0, then 3, 2, 1
+                           [0.0, 0.1, 0.2, 0.3]])   # best 3, then 2, 1, 0
+    targets = torch.tensor([2, 0, 0])
+    assert topk_correct(logits, targets, (1, 2, 3, 10)) == {1: 1, 2: 2, 3: 2, 10: 3}
+    assert topk_accuracy(logits, targets, (1, 2)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    cm = confusion_matrix([0, 1, 1, 2, 0], [0, 1, 2, 2, 1], 4)  # predictions, targets
+    expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(cm, expected)
+    acc = per_class_accuracy(cm)
+    np.testing.assert_allclose(acc[:3], [1.0, 0.5, 0.5])
+    assert np.isnan(acc[3])  # a class without images has no accuracy
+
+
+def test_counts_add_up_over_batches():
+    gen = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(40, 7, generator=gen), torch.randint(0, 7, (40,), generator=gen)
+    whole, parts = Counts(7), Counts(7)
+    whole.update(logits, targets)
+    for chunk in range(4):
+        parts.update(logits[chunk * 10:(chunk + 1) * 10], targets[chunk * 10:(chunk + 1) * 10])
+    a, b = whole.result(), parts.result()
+    np.testing.assert_array_equal(a.confusion, b.confusion)
+    assert a.top1 == b.top1 == topk_accuracy(logits, targets, (1,))[1]
+    assert a.top5 == b.top5 == topk_accuracy(logits, targets, (5,))[5]
+    assert a.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())
+
+
+def test_class_matching():
+    np.testing.assert_array_equal(match_classes(["a", "b", "c"], 3, ["c", "a"]), [2, 0])
+    np.testing.assert_array_equal(match_classes(None, 10, ["3", "7"]), [3, 7])  # folders named by index
+    np.testing.assert_array_equal(match_classes(None, 2, ["x", "y"]), [0, 1])  # same count: by order
+    with pytest.raises(UsageError, match="class 'z' is not one of the checkpoint's 3 classes"):
+        match_classes(["a", "b", "c"], 3, ["a", "z"])
+    with pytest.raises(UsageError, match="has 2 classes but the checkpoint has 5"):
+        match_classes(None, 5, ["x", "y"])
+    cm = np.array([[3, 1, 1], [0, 2, 0], [4, 0, 5]])
+    matrix, other = restrict_confusion(cm, np.array([0, 1]))
+    assert other and matrix.tolist() == [[3, 1, 1], [0, 2, 0]]
+
+
+# -------------------------------------------------------------------------------------------- vitkit eval
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("folder_run")
+    data = write_image_folder(tmp / "data", classes=("cat", "dog", "fish"), per_class=12, size=8)
+    result = train(tiny_config(tmp, data=str(data), steps=12, batch_size=8, val_per_class=3, crop="resize",
+                               lr=5e-3), log=quiet)
+    return result, data
+
+
+def test_eval_of_a_run_on_its_own_hold_out(folder_run, capsys):
+    result, data = folder_run
+    assert main(["eval", "--checkpoint", str(result.run_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "hold-out, 9 images" in out and "per class:" in out and "cat" in out
+    report = json.loads((result.run_dir / "eval-hold-out" / "results.json").read_text())
+    assert report["images"] == 9 and report["top1"] == pytest.approx(result.final.top1)
+    assert report["top5"] == 1.0  # three classes
+    assert set(report["per_class"]) == {"cat", "dog", "fish"}
+    matrix = np.array(report["confusion"]["matrix"])
+    assert matrix.sum() == 9 and matrix.sum(axis=1).tolist() == [3, 3, 3]
+    assert np.trace(matrix) / 9 == pytest.approx(report["top1"])
+    png = result.run_dir / "eval-hold-out" / "confusion.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_on_every_image_of_a_folder(folder_run, tmp_path, capsys):
+    result, data = folder_run
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", str(result.run_dir / "model.safetensors"), "--data", str(data),
+                 "--split", "all", "--out", str(out), "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 36 and report["split"] == "all" and (out / "confusion.png").is_file()
+
+
+def test_eval_of_imported_checkpoints_needs_nothing_else(tmp_path, capsys):
+    """The same weights as a timm .pth (no names, no preprocessing) and as a Hugging Face folder."""
+    result = train(tiny_config(tmp_path, steps=4), log=quiet)
+    model = vitkit.load(result.run_dir / "model.safetensors")
+    vitkit.save(model, tmp_path / "timm.pth", format="timm")
+    vitkit.save(model, tmp_path / "hf", format="hf")
+    assert vitkit.load(tmp_path / "timm.pth", num_heads=2).class_names is None
+    tops = {}
+    for name, extra in (("timm.pth", ["--num-heads", "2"]), ("hf", [])):
+        assert main(["eval", "--checkpoint", str(tmp_path / name), "--data", "digits", "--json", "--no-progress",
+                     "--out", str(tmp_path / f"eval-{name}"), *extra]) == 0
+        tops[name] = json.loads(capsys.readouterr().out)["top1"]
+    assert tops["timm.pth"] == tops["hf"] == pytest.approx(result.final.top1)
+
+
+def test_eval_errors_are_one_line(folder_run, tmp_path, capsys):
+    result, data = folder_run
+    vitkit.save(vitkit.load(result.run_dir / "model.safetensors"), tmp_path / "timm.pth", format="timm")
+    other = write_image_folder(tmp_path / "other", classes=("ant", "bee"), per_class=2, size=8)
+    cases = [
+        (["--checkpoint", str(result.run_dir), "--data", str(other)], "class 'ant' is not one of the checkpoint's"),
+        (["--checkpoint", str(tmp_path / "timm.pth"), "--num-heads", "2", "--data", "digits"],
+         "has 10 classes but the checkpoint has 3"),
+        (["--checkpoint", str(tmp_path / "nothing.safetensors"), "--data", "digits"], "no such file"),
+        (["--checkpoint", str(tmp_path / "timm.pth"), "--num-heads", "2"], "--data is needed"),
+        (["--checkpoint", str(result.run_dir), "--data", str(tmp_path / "absent")], "no such folder"),
+    ]
+    for args, message in cases:
+        assert main(["eval", *args, "--no-progress", "--out", str(tmp_path / "o")]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, (args, err)

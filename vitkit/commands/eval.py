@@ -1,0 +1,135 @@
+"""`vitkit eval --checkpoint CKPT --data DIR`: top-1 and top-5 accuracy, per-class accuracy and a confusion-matrix
+PNG, for any checkpoint vitkit reads: the class names and preprocessing come from the checkpoint itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORDER = 32
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix",
+                       description="Evaluate a checkpoint (a vitkit run or checkpoint folder, a .safetensors file, a "
+                       "Google .npz, a timm file or a Hugging Face folder) on a data set. The data's classes are "
+                       "matched to the checkpoint's by name.",
+                       epilog="examples:\n  vitkit eval --checkpoint runs/NAME            the run's own evaluation "
+                       "split\n  vitkit eval --checkpoint model.safetensors --data DIR",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file, checkpoint folder or run folder")
+    p.add_argument("--data", metavar="DIR", help="'digits', an ImageFolder tree or a CIFAR folder; default: the run's "
+                   "data when CKPT belongs to a run")
+    p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
+                   help="auto: the data's val/test split, or every image of a plain class folder (the hold-out when "
+                   "it is the run's own data); holdout: the hold-out a training run takes; all: every image")
+    p.add_argument("--val-per-class", type=int, help="hold-out size per class (default: the run's, else --val-fraction)")
+    p.add_argument("--val-fraction", type=float, help="hold-out share per class (default: the run's, else 0.1)")
+    p.add_argument("--split-seed", type=int, help="hold-out seed (default: the run's, else 0)")
+    p.add_argument("--limit-per-class", type=int, help="evaluate at most this many images per class")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="stop when more of the files are unreadable")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=-1, help="loader processes (-1 chooses)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", metavar="DIR", help="where to write results.json and confusion.png (default: "
+                   "RUN/eval-<split> for a run's checkpoint, else eval-<checkpoint name>)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
+    p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from .. import load
+    from ..data import open_data
+    from ..errors import UsageError
+    from ..eval.evaluate import (eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion)
+    from ..train.checkpoint import resolve_model_path, run_dir_of
+    from ..train.distributed import pick_device
+
+    path = resolve_model_path(args.checkpoint)
+    model = load(path, num_heads=args.num_heads, pool=args.pool)
+    run_dir = run_dir_of(args.checkpoint)
+    run_config = None
+    if run_dir is not None:
+        from ..train.trainer import load_run_config
+
+        try:
+            run_config = load_run_config(run_dir)
+        except (UsageError, ValueError):
+            run_config = None
+    data = args.data or (run_config.data if run_config is not None else None)
+    if data is None:
+        raise UsageError("--data is needed (the checkpoint is not inside a vitkit run folder)")
+    same_data = run_config is not None and str(data) == str(run_config.data)
+    split = args.split
+    if split == "auto":
+        flat_eval, val_split = ("holdout" if same_data else "all"), "auto"
+    else:
+        flat_eval, val_split = split, ("holdout" if split == "holdout" else "auto")
+
+    def pick(name, fallback):
+        given = getattr(args, name)
+        if given is not None:
+            return given
+        return getattr(run_config, name) if same_data else fallback
+
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    splits = open_data(str(data), want_train=False, want_val=True, val_split=val_split,
+                       val_fraction=pick("val_fraction", 0.1), val_per_class=pick("val_per_class", None),
+                       split_seed=pick("split_seed", 0), limit_per_class=args.limit_per_class,
+                       max_bad_fraction=args.max_bad_fraction, flat_eval=flat_eval, log=say,
+                       progress=not args.no_progress)
+    images = splits.val
+    if images is None or len(images) == 0:
+        raise UsageError(f"--data {data}: no images to evaluate")
+    label_map = match_classes(model.class_names, model.num_classes, splits.classes, where=f"--data {data}")
+    device = pick_device(args.device)
+    model.to(device)
+    batches = eval_batches(model, images, args.batch_size, args.num_workers, label_map=label_map)
+    counts = evaluate(model, batches, model.num_classes, device, args.precision, progress=not args.no_progress,
+                      desc=f"eval {splits.val_name}", total=len(batches))
+    result = counts.result()
+
+    confusion, has_other = restrict_confusion(result.confusion, label_map)
+    totals = confusion.sum(axis=1)
+    hits = np.diag(confusion[:, :len(label_map)])
+    per_class = np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
+    names = list(splits.classes)
+    out = Path(args.out) if args.out else (run_dir / f"eval-{splits.val_name}" if run_dir is not None
+                                           else Path(f"eval-{Path(args.checkpoint).stem}"))
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(confusion, names + (["other"] if has_other else []), out / "confusion.png",
+                         title=f"{Path(args.checkpoint).name} on {splits.val_name} ({result.count:,} images)")
+    report = {
+        "checkpoint": str(args.checkpoint), "data": str(data), "split": splits.val_name, "images": result.count,
+        "top1": result.top1, "top5": result.top5, "loss": result.loss,
+        "per_class": {name: (None if np.isnan(acc) else float(acc)) for name, acc in zip(names, per_class)},
+        "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()},
+        "skipped_files": [p for p, _ in splits.bad_files],
+        "confusion_png": str(png),
+    }
+    from ..checkpoints.io import atomic_write_text
+
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{Path(args.checkpoint)} on {data} ({splits.val_name}, {result.count:,} images):")
+    print(f"  top-1 {100 * result.top1:.2f}%   top-5 {100 * result.top5:.2f}%   loss {result.loss:.4f}")
+    width = max(len(n) for n in names)
+    print("  per class:")
+    for name, acc, total in zip(names, per_class, totals):
+        shown = "   n/a" if np.isnan(acc) else f"{100 * acc:6.2f}%"
+        print(f"    {name:<{width}}  {shown}  ({int(total)} images)")
+    if splits.bad_files:
+        print(f"  skipped {len(splits.bad_files)} unreadable file(s)")
+    print(f"  wrote {out / 'results.json'} and {png}")
+    return 0

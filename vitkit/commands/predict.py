@@ -1,0 +1,89 @@
+"""`vitkit predict CKPT IMAGE...`: the top-k classes of each image, with probabilities, also as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ORDER = 33
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify images with a checkpoint: top-k class names and probabilities",
+                       description="Classify images with any checkpoint vitkit reads; the class names and the "
+                       "preprocessing come from the checkpoint (indices where it has no names).")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every file inside)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON: one object per image")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
+    p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+    p.set_defaults(func=run)
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out = []
+    for item in paths:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+        else:
+            out.append(item)
+    return out
+
+
+def run(args) -> int:
+    from .. import load
+    from ..data import eval_transform, read_image
+    from ..errors import UsageError
+    from ..eval.evaluate import classify
+    from ..train.checkpoint import resolve_model_path
+    from ..train.distributed import pick_device
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    model = load(resolve_model_path(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
+    if model.num_classes == 0:
+        raise UsageError(f"{args.checkpoint}: the model has no classifier head")
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    model.to(pick_device(args.device))
+    transform = eval_transform(model.preprocessing)
+
+    paths = _expand(args.images)
+    if not paths:
+        raise UsageError("no images given (the folders are empty)")
+    images, good, records, failed = [], [], {}, 0
+    for path in paths:
+        try:
+            images.append(read_image(path))
+            good.append(path)
+        except FileNotFoundError:
+            records[path] = {"image": path, "error": "no such file"}
+        except Exception as e:  # anything PIL cannot decode whole
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            records[path] = {"image": path, "error": f"not a readable image ({type(e).__name__}: {reason})"}
+    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size)):
+        records[path] = {"image": path, "predictions": [
+            {"class": names[i], "index": i, "probability": p} for i, p in top]}
+
+    for path in paths:
+        record = records[path]
+        if "error" in record:
+            failed += 1
+            print(f"vitkit: error: {path}: {record['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([records[p] for p in paths], indent=2))
+    else:
+        for path in paths:
+            record = records[path]
+            if "error" in record:
+                continue
+            print(path)
+            for pred in record["predictions"]:
+                print(f"  {100 * pred['probability']:6.2f}%  {pred['class']}")
+    return 2 if failed else 0

@@ -1,0 +1,110 @@
+"""`vitkit train`: train a ViT from a recipe; with no arguments, the main job (a small ViT on scikit-learn's
+digits, about a minute on two cores)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ORDER = 30
+
+EPILOG = """examples:
+  vitkit train                                            the main job: digits, prints the test accuracy
+  vitkit train --data DIR --recipe cifar10                an ImageFolder tree (DIR/<class>/<image>)
+  vitkit train --recipe vit-b16-i21k --smoke --data digits  any recipe, shrunk to seconds
+  vitkit train --resume runs/NAME                         continue a run from its newest checkpoint
+  torchrun --standalone --nproc-per-node 2 -m vitkit train  the same on 2 processes (DDP)
+"""
+
+
+def add_common_arguments(p) -> None:
+    from ..train.config import add_config_arguments
+
+    p.add_argument("--recipe", metavar="NAME|FILE", help="a recipe in recipes/ (see --list-recipes) or a .toml/.json "
+                   "file")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN",
+                   help="continue a run: its folder (runs/NAME) or one of its checkpoint folders; bare, the run that "
+                   "--name names. Options given again override the run's config")
+    p.add_argument("--smoke", action="store_true", help="shrink the recipe to seconds: a tiny model, 4 steps, small "
+                   "batches (a check that it runs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any option (repeatable)")
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(p)
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("train", help="train a ViT (default: the main job on the built-in digits)",
+                       description="Train a Vision Transformer. Without arguments: the digits recipe (the main job). "
+                       "Every run writes runs/<name>/ with config.json, metrics.jsonl, curves.png, checkpoints/ and "
+                       "the final model.safetensors.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    p.set_defaults(func=run, default_recipe="digits", finetune=False)
+
+
+def resolve(args):
+    """(config, resume) from the command line: a recipe (or the resumed run's config) plus the overrides."""
+    from ..errors import UsageError
+    from ..train.config import apply_overrides, load_recipe, main_job, overrides_from_args, smoke
+    from ..train.trainer import load_run_config
+
+    overrides = overrides_from_args(args)
+    resume = args.resume or False
+    if resume:
+        if args.recipe:
+            raise UsageError("--resume continues a run with its own config; drop --recipe")
+        if resume is True:
+            if "name" not in overrides:
+                raise UsageError("--resume without a folder needs --name (or pass the run folder: --resume runs/NAME)")
+            resume = str(Path(overrides.get("out_dir", "runs")) / overrides["name"])
+        if not Path(resume).exists():
+            raise UsageError(f"--resume {resume}: no such run or checkpoint folder")
+        overrides.pop("name", None)
+        overrides.pop("out_dir", None)
+        config = apply_overrides(load_run_config(resume), overrides).validate()
+    elif args.recipe:
+        config = load_recipe(args.recipe, overrides)
+    elif args.default_recipe == "digits":
+        config = main_job(overrides)
+    else:
+        config = load_recipe(args.default_recipe, overrides)
+    if config.init_from and not resume:
+        # The architecture comes from the checkpoint, not from the recipe; so does the resolution, except in a
+        # fine-tuning recipe (reset_head), where it is the fine-tuning resolution.
+        from ..train.config import ARCHITECTURE_FIELDS
+
+        cleared = [k for k in ARCHITECTURE_FIELDS if k not in overrides]
+        if not (config.reset_head or args.finetune) and "image_size" not in overrides:
+            cleared.append("image_size")
+        config = config.replace(**{k: None for k in cleared})
+    if args.finetune:
+        config = config.replace(reset_head=True)
+        if not config.init_from:
+            raise UsageError("vitkit finetune needs --init-from CHECKPOINT")
+    if args.smoke:
+        config = smoke(config)
+    return config, resume
+
+
+def run(args) -> int:
+    from ..train.config import list_recipes
+
+    if args.list_recipes:
+        for name in list_recipes():
+            print(name)
+        return 0
+    config, resume = resolve(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    from ..train.trainer import TrainingError, train
+
+    try:
+        train(config, resume=resume)
+    except TrainingError as e:
+        print(f"vitkit: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,269 @@
+"""Labelled image sets: scikit-learn's digits, ImageFolder trees, CIFAR-10/100 in their python-pickle layout.
+
+Every source becomes an `ImageSet`: class names, integer labels, and per image either a file path (decoded on
+demand) or a decoded uint8 array (held in memory). Image folders are checked when they are opened: every file is
+decoded once (a truncated JPEG opens fine and fails only when decoded), unreadable files are skipped, logged and
+counted, and the run stops when more than `max_bad_fraction` of them are bad.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
+CACHE_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass
+class ImageSet:
+    """Images with labels: `load(i)` gives an RGB PIL image; `labels[i]` its class index into `classes`."""
+
+    classes: list[str]
+    labels: np.ndarray  # (N,) int64
+    paths: list[str] | None = None  # the file of each image, when read from files
+    arrays: list[np.ndarray] | None = None  # decoded (H, W, 3) uint8 images, when held in memory
+    name: str = "images"  # for messages: "digits", a folder, ...
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped files
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.paths is None and self.arrays is None:
+            raise ValueError("an ImageSet needs paths or arrays")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.arrays is not None
+
+    def load(self, index: int) -> Image.Image:
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[index])
+        return read_image(self.paths[index])
+
+    def source(self, index: int) -> str:
+        return self.paths[index] if self.paths is not None else f"{self.name}[{index}]"
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageSet":
+        indices = [int(i) for i in indices]
+        return ImageSet(
+            classes=self.classes, labels=self.labels[indices] if indices else np.zeros(0, np.int64),
+            paths=[self.paths[i] for i in indices] if self.paths is not None else None,
+            arrays=[self.arrays[i] for i in indices] if self.arrays is not None else None,
+            name=name or self.name, bad_files=self.bad_files,
+        )
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An image file fully decoded to RGB; raises OSError/ValueError for anything that is not a whole image."""
+    with Image.open(path) as img:
+        img.load()  # decodes every byte: a truncated file fails here, not at open
+        return img.convert("RGB")
+
+
+def _check_file(path: str, keep: bool) -> tuple[np.ndarray | None, str | None, int]:
+    """(array if keep, error reason, decoded bytes) for one file."""
+    try:
+        img = read_image(path)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, f"{type(e).__name__}: {reason}", 0
+    size = img.width * img.height * 3
+    return (np.asarray(img, dtype=np.uint8) if keep else None), None, size
+
+
+# ---------------------------------------------------------------------------------------------- digits
+@functools.lru_cache(maxsize=1)
+def load_digits_set() -> ImageSet:
+    """scikit-learn's bundled handwritten digits: 1,797 grey 8x8 images (values 0-16), 10 classes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (N, 8, 8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # (N, 8, 8, 3)
+    return ImageSet(classes=[str(c) for c in range(10)], labels=digits.target, arrays=list(rgb), name="digits")
+
+
+# ------------------------------------------------------------------------------------------- ImageFolder
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and not name.startswith("__")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name)
+
+
+def _files_under(folder: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
+    return files
+
+
+def scan_image_folder(root: str | os.PathLike, *, max_bad_fraction: float = 0.01, cache: str = "auto",
+                      limit_per_class: int | None = None, seed: int = 0, log: Callable[[str], None] = print,
+                      progress: bool = True) -> ImageSet:
+    """An ImageFolder tree (root/<class>/<image>), every file checked by decoding it.
+
+    Files that are not readable images (unreadable, truncated, another kind of file) are skipped and logged; the
+    scan stops with a `UsageError` when their share exceeds `max_bad_fraction`, when the folder has no class
+    folders, or when a class has no readable image. With `limit_per_class`, a seeded choice of that many files
+    per class is checked and kept.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder")
+    classes = _class_folders(root)
+    if not classes:
+        raise UsageError(f"{root}: no class folders (expected {root}/<class>/<image> files)")
+    paths: list[str] = []
+    labels: list[int] = []
+    for index, folder in enumerate(classes):
+        files = _files_under(folder)
+        if not files:
+            raise UsageError(f"{folder}: class {folder.name!r} has no images")
+        if limit_per_class is not None and len(files) > limit_per_class:
+            pick = np.random.default_rng([seed, index]).permutation(len(files))[:limit_per_class]
+            files = [files[i] for i in sorted(pick)]
+        paths.extend(files)
+        labels.extend([index] * len(files))
+
+    keep = cache in ("auto", "yes")
+    arrays: list[np.ndarray | None] = []
+    readable: list[bool] = []
+    bad: list[tuple[str, str]] = []
+    total_bytes = 0
+    bar = _progress_bar(len(paths), f"checking {root.name or root}", progress and len(paths) >= 2000)
+    workers = min(8, max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
+        for path, (array, error, size) in zip(paths, pool.map(lambda p: _check_file(p, keep), paths,
+                                                                chunksize=64)):
+            bar.update(1)
+            if error is not None:
+                bad.append((path, error))
+                log(f"skipped {path}: not a readable image ({error})")
+                arrays.append(None)
+                readable.append(False)
+                continue
+            readable.append(True)
+            total_bytes += size
+            if keep and cache == "auto" and total_bytes > CACHE_BUDGET_BYTES:
+                keep = False
+                arrays = [None] * len(arrays)
+            arrays.append(array if keep else None)
+    bar.close()
+
+    if bad and len(bad) / len(paths) > max_bad_fraction:
+        first_path, first_reason = bad[0]
+        raise UsageError(
+            f"{root}: {len(bad)} of {len(paths)} files ({100 * len(bad) / len(paths):.1f}%) are not readable images, "
+            f"more than the limit of {100 * max_bad_fraction:g}% (first: {first_path}: {first_reason}); fix or "
+            "remove them, or raise --max-bad-fraction")
+    good = [i for i, ok in enumerate(readable) if ok]
+    good_labels = np.asarray([labels[i] for i in good], dtype=np.int64)
+    counts = np.bincount(good_labels, minlength=len(classes))
+    for index, count in enumerate(counts):
+        if count == 0:
+            raise UsageError(f"{classes[index]}: class {classes[index].name!r} has no readable images")
+    return ImageSet(
+        classes=[c.name for c in classes], labels=good_labels,
+        paths=[paths[i] for i in good], arrays=[arrays[i] for i in good] if keep else None,
+        name=str(root), bad_files=bad,
+    )
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------- CIFAR pickles
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file can never run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
+        raise UsageError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a CIFAR batch (expected a dict)")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in data.items()}
+
+
+def cifar_pickle_root(path: Path) -> Path | None:
+    """The folder holding CIFAR-10/100 python batches at or directly under `path`, or None."""
+    for candidate in (path, path / "cifar-10-batches-py", path / "cifar-100-python"):
+        if (candidate / "batches.meta").is_file() or ((candidate / "meta").is_file()
+                                                       and (candidate / "train").is_file()):
+            return candidate
+    return None
+
+
+def load_cifar_pickle(root: Path, split: str) -> ImageSet:
+    """CIFAR-10 (data_batch_1..5, test_batch, batches.meta) or CIFAR-100 (train, test, meta), split 'train'
+    or 'test'."""
+    if (root / "batches.meta").is_file():  # CIFAR-10
+        meta = _read_pickle(root / "batches.meta")
+        names = meta.get("label_names")
+        files = sorted(root.glob("data_batch_*")) if split == "train" else [root / "test_batch"]
+        label_key = "labels"
+    else:  # CIFAR-100
+        meta = _read_pickle(root / "meta")
+        names = meta.get("fine_label_names")
+        files = [root / ("train" if split == "train" else "test")]
+        label_key = "fine_labels"
+    if not names:
+        raise UsageError(f"{root}: the meta file lists no class names")
+    classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    images, labels = [], []
+    for file in files:
+        if not file.is_file():
+            raise UsageError(f"{file}: missing CIFAR batch")
+        batch = _read_pickle(file)
+        data = np.asarray(batch.get("data"))
+        if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+            raise UsageError(f"{file}: expected data of shape (N, 3072) uint8, found {data.shape} {data.dtype}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, 32, 32, 3)
+        labels.extend(int(v) for v in batch.get(label_key, []))
+    if not files:
+        raise UsageError(f"{root}: no CIFAR batches found")
+    array = np.concatenate(images)
+    if len(array) != len(labels):
+        raise UsageError(f"{root}: {len(array)} images but {len(labels)} labels")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if labels_arr.min(initial=0) < 0 or labels_arr.max(initial=0) >= len(classes):
+        raise UsageError(f"{root}: labels outside 0..{len(classes) - 1}")
+    return ImageSet(classes=classes, labels=labels_arr, arrays=list(array), name=f"{root} ({split})")

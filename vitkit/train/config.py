@@ -1,0 +1,363 @@
+"""The training configuration: one flat dataclass, recipes as TOML files, overrides from the command line.
+
+`TrainConfig()`'s defaults are the paper's pre-training settings (Appendix B.1: ViT-B/16 at 224 px, Adam with
+decoupled weight decay 0.1, 10k warm-up steps then linear decay, clipping at 1, batch 4096). A recipe file sets
+the fields it changes (`recipes/digits.toml` is the main job, `vitkit train` with no arguments), and every field
+can be overridden again from the command line, either with its own flag (`--lr 3e-3`) or with `--set lr=3e-3`. Recipe files may group their keys in tables (`[optim]`, `[data]`, ...) for the reader; the
+tables are flattened, so a key means the same in any table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes/, beside the package
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _fl(default, help: str):
+    return field(default_factory=lambda: list(default), metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `resolved()` fills in what depends on the data and the model."""
+
+    # ------------------------------------------------------------------------------------------------ data
+    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, or a "
+                   "CIFAR-10/100 python-pickle folder")
+    val_split: str = _f("auto", "auto: the data's own val/test split if it has one, else a hold-out from train; "
+                        "holdout: always hold out from train; none: no evaluation set")
+    val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)")
+    val_per_class: int | None = _f(None, "images of each class held out for validation; overrides val_fraction")
+    split_seed: int = _f(0, "seed of the hold-out split (fixed apart from `seed`, so runs share their split)")
+    limit_per_class: int | None = _f(None, "use at most this many images of each class (a seeded choice)")
+    max_bad_fraction: float = _f(0.01, "stop when more than this share of the files cannot be read as images")
+    num_workers: int = _f(-1, "data loader processes per rank; -1 chooses (0 for data held in memory)")
+    cache_images: str = _f("auto", "keep decoded images in memory: auto (when they fit in 2 GiB), yes, no")
+
+    # ----------------------------------------------------------------------------------------------- model
+    model: str = _f("ViT-B/16", "a registered variant (see `vitkit models`); the fields below override it")
+    init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face)")
+    reset_head: bool = _f(False, "drop the checkpoint's head for a zero-initialised one (the paper's fine-tuning)")
+    num_classes: int | None = _f(None, "classes of the head; default: the data's")
+    image_size: int | None = _f(None, "input resolution in pixels (square); default: the variant's or checkpoint's")
+    patch_size: int | None = _f(None, "patch side in pixels")
+    width: int | None = _f(None, "token width D")
+    depth: int | None = _f(None, "encoder blocks")
+    num_heads: int | None = _f(None, "attention heads")
+    mlp_dim: int | None = _f(None, "hidden width of each MLP")
+    pool: str | None = _f(None, "token (class token) or gap (global average pooling)")
+    posemb: str | None = _f(None, "learned, learned_2d, sincos_2d or none")
+    dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers")
+    attention_dropout: float = _f(0.0, "dropout on the attention weights")
+    drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)")
+    resample_method: str | None = _f(None, "position embedding resampling when the image size changes")
+
+    # ---------------------------------------------------------------------------- preprocessing, augmentation
+    mean: list[float] | None = _f(None, "per-channel mean; default: the checkpoint's, else 0.5 (scaling to [-1, 1])")
+    std: list[float] | None = _f(None, "per-channel std; default: the checkpoint's, else 0.5")
+    interpolation: str | None = _f(None, "bilinear, bicubic or nearest; default: the checkpoint's, else bilinear")
+    crop: str = _f("inception", "training crop: inception (random resized crop), resize (no crop), "
+                   "pad_crop (pad then random crop, for small images)")
+    crop_min_area: float = _f(0.05, "smallest crop area of the inception crop, as a share of the image")
+    crop_padding: int = _f(4, "padding of pad_crop in pixels of the resized image")
+    hflip: bool = _f(True, "random horizontal flips")
+    randaugment_ops: int = _f(0, "RandAugment: operations per image (0 turns it off)")
+    randaugment_magnitude: int = _f(9, "RandAugment: magnitude (0-30)")
+    mixup_alpha: float = _f(0.0, "Mixup: Beta(alpha, alpha) mixing (0 turns it off)")
+    cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)")
+    mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+
+    # -------------------------------------------------------------------------------------- optimisation
+    optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
+                        "(momentum, the paper's fine-tuning)")
+    lr: float = _f(1e-3, "peak learning rate")
+    beta1: float = _f(0.9, "Adam beta1")
+    beta2: float = _f(0.999, "Adam beta2")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)")
+    schedule: str = _f("linear", "learning rate decay after warm-up: cosine, linear or constant")
+    warmup_steps: int = _f(10_000, "linear warm-up steps")
+    warmup_epochs: float = _f(0.0, "linear warm-up in epochs (used when warmup_steps is 0)")
+    min_lr: float = _f(0.0, "learning rate at the end of the decay")
+    batch_size: int = _f(4096, "global batch: images per optimizer step, over all processes")
+    accum_steps: int = _f(1, "gradient accumulation: micro-batches per step (each batch_size / accum_steps / ranks)")
+    steps: int | None = _f(None, "optimizer steps; default: from epochs")
+    epochs: float | None = _f(7.0, "passes over the training data (used when steps is not set)")
+    ema_decay: float = _f(0.0, "Polyak averaging of the weights with this decay (0 turns it off)")
+
+    # ----------------------------------------------------------------------------------------- numerics
+    precision: str = _f("fp32", "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast with a grad scaler, GPU)")
+    compile: bool = _f(False, "torch.compile the model")
+    compile_backend: str = _f("inductor", "torch.compile backend")
+    device: str = _f("auto", "auto (GPU when there is one), cpu, cuda or cuda:N")
+    seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
+
+    # ---------------------------------------------------------------------------------------------- run
+    out_dir: str = _f("runs", "folder of the runs")
+    name: str | None = _f(None, "run name (the folder out_dir/name); default: recipe and time")
+    log_every: int = _f(10, "steps between log lines")
+    eval_every: int = _f(0, "steps between evaluations; 0: once per epoch; -1: only at the end")
+    eval_batch_size: int | None = _f(None, "batch size of evaluation; default: batch_size / accum_steps")
+    checkpoint_every: int = _f(0, "steps between checkpoints; 0: only at the end")
+    keep_checkpoints: int = _f(3, "keep the last this many checkpoints (0 keeps all)")
+    stop_after: int | None = _f(None, "end this invocation after this many steps (the schedule still spans all)")
+    progress: bool = _f(True, "show progress bars")
+    recipe: str | None = _f(None, "the recipe this config came from (informational)")
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        def fail(msg):
+            raise UsageError(f"invalid training config: {msg}")
+
+        choices = dict(val_split=("auto", "holdout", "none"), cache_images=("auto", "yes", "no"),
+                       crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd"),
+                       schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
+                       interpolation=("bilinear", "bicubic", "nearest", None), pool=("token", "gap", None))
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
+        if self.batch_size < 1 or self.accum_steps < 1:
+            fail("batch_size and accum_steps must be positive")
+        if self.batch_size % self.accum_steps:
+            fail(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        if self.steps is None and self.epochs is None:
+            fail("set steps or epochs")
+        if self.steps is not None and self.steps < 1:
+            fail(f"steps must be positive, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0 and self.steps is None:
+            fail(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            fail(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if not 0 < self.val_fraction < 1 and self.val_per_class is None and self.val_split != "none":
+            fail(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.crop_min_area <= 1:
+            fail(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                fail(f"{key} needs 3 values, got {value}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            fail(f"lr must be positive, got {self.lr}")
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb")
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------- value parsing
+def _base_type(name: str):
+    """(type, optional) of a field: int | None -> (int, True)."""
+    hint = _HINTS[name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    return hint, optional
+
+
+def parse_value(name: str, value: Any) -> Any:
+    """Coerce a value from a recipe file or the command line (a string) to the field's type."""
+    if name not in FIELDS:
+        raise UsageError(f"unknown training option {name!r}; known: {', '.join(FIELDS)}")
+    hint, optional = _base_type(name)
+    if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"option {name} cannot be empty")
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            return int(str(value).replace("_", ""))
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            return str(value)
+        if typing.get_origin(hint) is list:
+            if isinstance(value, str):
+                text = value.strip()
+                items = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            else:
+                items = list(value)
+            return [float(v) for v in items]
+    except (ValueError, TypeError, json.JSONDecodeError):
+        pass
+    raise UsageError(f"option {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    changes = {key.replace("-", "_"): value for key, value in overrides.items()}
+    return config.replace(**{key: parse_value(key, value) for key, value in changes.items()})
+
+
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """`--set key=value` items -> {key: value}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- recipes
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe by path, or by name in ./recipes/ or the repository's recipes/."""
+    path = Path(name_or_path)
+    if path.suffix in (".toml", ".json") and path.is_file():
+        return path
+    for folder in (Path("recipes"), RECIPES_DIR):
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(list_recipes()) or "none found"
+    raise UsageError(f"no recipe {name_or_path!r} (a .toml/.json file or one of: {known})")
+
+
+def _flatten(table: dict[str, Any], path: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}{key}."))
+        else:
+            if key in out:
+                raise UsageError(f"recipe sets {key!r} twice")
+            out[key] = value
+    return out
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such recipe file") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not a valid recipe ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a table of options")
+    values = _flatten(data)
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return values
+
+
+def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A recipe's config: the file's values over `TrainConfig()`'s defaults, then `overrides`."""
+    path = find_recipe(name_or_path)
+    values = read_recipe_file(path)
+    values.setdefault("recipe", path.stem)
+    config = apply_overrides(TrainConfig(), values)
+    return apply_overrides(config, overrides or {}).validate()
+
+
+def smoke(config: TrainConfig) -> TrainConfig:
+    """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
+    architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
+    return config.replace(
+        steps=4, epochs=None, batch_size=8, accum_steps=min(config.accum_steps, 2), warmup_steps=1,
+        image_size=16, eval_every=-1, checkpoint_every=0,
+        log_every=1, num_workers=0, limit_per_class=min(config.limit_per_class or 8, 8),
+        val_per_class=2 if config.val_split != "none" else None, eval_batch_size=16, **architecture,
+    ).validate()
+
+
+# The main job, also when the recipes/ folder is not installed (tests check it equals recipes/digits.toml).
+DIGITS_RECIPE: dict[str, Any] = {
+    'data': 'digits', 'model': 'ViT-Ti/4', 'image_size': 16, 'width': 64, 'depth': 4, 'num_heads': 4,
+    'mlp_dim': 128, 'crop': 'inception', 'crop_min_area': 0.6, 'hflip': False, 'optimizer': 'adam', 'lr': 0.002,
+    'weight_decay': 0.05, 'schedule': 'cosine', 'warmup_steps': 0, 'warmup_epochs': 3, 'batch_size': 128,
+    'epochs': 80, 'eval_every': 220, 'checkpoint_every': 440, 'log_every': 10,
+}
+
+
+def main_job(overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """`vitkit train` with no recipe: recipes/digits.toml."""
+    try:
+        return load_recipe("digits", overrides)
+    except UsageError:
+        if list_recipes():
+            raise
+    config = apply_overrides(TrainConfig(), {**DIGITS_RECIPE, "recipe": "digits"})
+    return apply_overrides(config, overrides or {}).validate()
+
+
+# ---------------------------------------------------------------------------------- command-line flags
+def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
+    """One flag per field (`--warmup-steps`), defaulting to "not given", so that recipes keep their values."""
+    import argparse
+
+    group = parser.add_argument_group("training options (each overrides the recipe; also --set key=value)")
+    for name, f in FIELDS.items():
+        if name in skip:
+            continue
+        hint, optional = _base_type(name)
+        metavar = {int: "N", float: "X", str: "TEXT", bool: "BOOL"}.get(hint, "A,B,C")
+        if name in ("data", "init_from", "out_dir"):
+            metavar = "PATH"
+        default = f.default if f.default is not dataclasses.MISSING else "see recipe"
+        help_text = f"{f.metadata.get('help', '')} (default: the recipe's, else {default})"
+        extra = dict(nargs="?", const="true") if hint is bool else {}
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar=metavar,
+                           default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
+
+
+def overrides_from_args(args) -> dict[str, Any]:
+    """The fields given on the command line: their own flags, then `--set` items."""
+    out = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_")}
+    out.update(parse_set(getattr(args, "set", None)))
+    return out

@@ -1,0 +1,94 @@
+"""The optimizer, the learning-rate schedule and the weight average, as the paper's Appendix B.1 describes them.
+
+Pre-training: Adam (beta1 0.9, beta2 0.999) with decoupled weight decay (AdamW), not applied to biases, norms,
+position embeddings or the class token; a linear warm-up, then linear or cosine decay. Fine-tuning: SGD with
+momentum 0.9, no weight decay, cosine decay. Both clip the global gradient norm at 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights (matrices, kernels) and everything exempt (ndim <= 1: biases, norm scales; and
+    the model's `no_weight_decay()` names: position embeddings, class token)."""
+    exempt_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name in exempt_names or name.split(".")[-1] in exempt_names:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    groups = param_groups(model, config.weight_decay)
+    if config.optimizer == "adam":
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8,
+                                 weight_decay=config.weight_decay, fused=fused or None)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int = 0, schedule: str = "cosine",
+                  end: float = 0.0) -> float:
+    """The rate for optimizer step `step` (0-based): linear warm-up from peak / warmup_steps to peak, then decay
+    from peak to `end` at the last step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
+    if schedule == "linear":
+        return end + (peak - end) * (1.0 - progress)
+    if schedule == "cosine":
+        return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+class EMA:
+    """Polyak averaging of the parameters (and buffers copied): ema = d * ema + (1 - d) * weights.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so short runs are not
+    dominated by the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                       for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, num_updates: int) -> None:
+        d = min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
+        current = model.state_dict()
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [current[k].detach().float() for k in floats], 1.0 - d)
+        for k, v in self.shadow.items():
+            if not v.is_floating_point():
+                v.copy_(current[k])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})

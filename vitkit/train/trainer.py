@@ -1,0 +1,598 @@
+"""The training loop: data -> model -> optimizer, with evaluation, checkpoints, exact resume and DDP.
+
+    result = train(load_recipe("digits"))                     # one process
+    torchrun --standalone --nproc-per-node 2 -m vitkit train   # several: each rank runs this same function
+
+Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
+of (seed, step) (see `vitkit.data.loader`), and the random state of each step (dropout, stochastic depth, Mixup)
+is seeded from (seed, step, rank). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
+the EMA and the step to continue exactly where the uninterrupted run would have been; the global random states
+are saved and restored as well, for code that uses them outside the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..configs import Preprocessing
+from ..data import (StepBatchSampler, TransformedImages, auto_workers, eval_loader, eval_transform, mix_seed,
+                    open_data, train_loader, train_transform)
+from ..errors import CheckpointError, UsageError
+from ..eval.evaluate import autocast, evaluate
+from ..eval.metrics import Counts, EvalResult
+from . import distributed
+from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
+                         resolve_model_path, write_checkpoint)
+from .config import ARCHITECTURE_FIELDS, TrainConfig
+from .mixing import mix_batch
+from .optim import EMA, build_optimizer, learning_rate
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
+BAD_FILES = "bad_files.txt"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (a non-finite loss): the message says where and what was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # the last completed step
+    total_steps: int
+    finished: bool  # False when stopped early by stop_after
+    seconds: float
+    val_name: str
+    final: EvalResult | None = None
+    final_ema: EvalResult | None = None
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    model: Any = None  # the trained VisionTransformer (on CPU)
+
+
+# --------------------------------------------------------------------------------------------- model
+def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
+    """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
+    a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
+    from ..checkpoints import load
+    from ..configs import variant_config
+    from ..models import create_model
+
+    runtime = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, drop_path=config.drop_path)
+    if config.init_from is None:
+        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
+        try:
+            model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
+                                          **overrides, **runtime)
+            if overrides:  # no longer the named variant
+                model_config = model_config.replace(name=None)
+            return create_model(model_config)
+        except ValueError as e:
+            raise UsageError(f"model {config.model!r}: {e}") from None
+    fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
+    if fixed:
+        raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+    path = resolve_model_path(config.init_from)
+    if not path.exists():
+        raise UsageError(f"--init-from {config.init_from}: no such file or folder")
+    reset = config.reset_head or (config.num_classes is not None)
+    model = load(path, num_classes=num_classes if reset else None, image_size=config.image_size,
+                 resample_method=config.resample_method, **runtime)
+    if not reset and model.num_classes != num_classes:
+        raise UsageError(f"--init-from {config.init_from}: the checkpoint has {model.num_classes} classes but the "
+                         f"data has {num_classes}; pass --num-classes {num_classes} to replace its head with a new "
+                         "zero-initialised one (or use vitkit finetune)")
+    return model
+
+
+def describe(config) -> str:
+    """"ViT-S/16 at 224 px", or the shape of a model that is not a named variant."""
+    size = "x".join(str(s) for s in sorted(set(config.image_size)))
+    if config.name:
+        return f"{config.name} at {size} px"
+    return (f"a ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads, "
+            f"{config.patch_size[0]}-px patches at {size} px")
+
+
+def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
+    """What the checkpoint will record: the input size, and mean/std/interpolation from the config, else the
+    initial checkpoint's, else the paper's [-1, 1] scaling."""
+    base = model.preprocessing if config.init_from else Preprocessing()
+    return Preprocessing(
+        image_size=model.config.image_size,
+        mean=tuple(config.mean) if config.mean is not None else base.mean,
+        std=tuple(config.std) if config.std is not None else base.std,
+        interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
+        crop_pct=base.crop_pct if config.init_from else 1.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------- random state
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate((3, tuple(int(v) for v in state["python"]), None))
+    if "numpy" in state:
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _default_name(config: TrainConfig) -> str:
+    return f"{config.recipe or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line, flushed as written; only rank 0 writes."""
+
+    def __init__(self, path: Path, enabled: bool, keep_through_step: int | None = None):
+        self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
+        if keep_through_step is not None and path.exists():  # a resumed run: drop what came after its checkpoint
+            from ..checkpoints.io import atomic_write_text
+            from .plots import read_metrics
+
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= keep_through_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        elif keep_through_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train as `config` says; `resume=True` continues the run out_dir/name from its newest readable checkpoint,
+    `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this."""
+    config.validate()
+    info = distributed.setup(config.device)
+    created_group = info.enabled
+    try:
+        return _Run(config, info, resume, log).run()
+    finally:
+        if created_group:
+            distributed.teardown(info)
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, info: distributed.DistInfo, resume, log):
+        self.config = config
+        self.info = info
+        self.resume = resume
+        self.main = info.is_main
+        self._log = log
+
+    def say(self, message: str) -> None:
+        if not self.main:
+            return
+        if self._log is not None:
+            self._log(message)
+        else:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stdout)
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def resolve_run_dir(self) -> tuple[Path, Path | None]:
+        """(run folder, the checkpoint folder to resume from or None)."""
+        c = self.config
+        if self.resume:
+            if self.resume is True:
+                if not c.name:
+                    raise UsageError("--resume needs a run: pass its folder (--resume runs/NAME) or --name")
+                target = Path(c.out_dir) / c.name
+            else:
+                target = Path(self.resume)
+            if not target.exists():
+                raise UsageError(f"--resume {target}: no such run or checkpoint folder")
+            if target.name.startswith("step_") and target.parent.name == "checkpoints":
+                return target.parent.parent, target
+            if not list_checkpoints(target):
+                raise UsageError(f"--resume {target}: the run has no checkpoints to resume from")
+            return target, None
+        name = distributed.broadcast_object(c.name or _default_name(c), self.info)
+        run_dir = Path(c.out_dir) / name
+        if run_dir.exists() and ((run_dir / "checkpoints").exists() or (run_dir / METRICS_FILE).exists()):
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another "
+                             "--name")
+        return run_dir, None
+
+    def load_resume_checkpoint(self, run_dir: Path, chosen: Path | None) -> Checkpoint:
+        if chosen is not None:
+            try:
+                return read_checkpoint_dir(chosen)
+            except CheckpointError as e:
+                raise UsageError(f"--resume: {e}") from None
+        ckpt = latest_checkpoint(run_dir, log=self.say)
+        if ckpt is None:
+            raise UsageError(f"--resume {run_dir}: no readable checkpoint")
+        return ckpt
+
+    # ----------------------------------------------------------------------------------------------- run
+    def run(self) -> TrainResult:
+        c, info = self.config, self.info
+        started = time.time()
+        run_dir, chosen = self.resolve_run_dir()
+        resume_ckpt = self.load_resume_checkpoint(run_dir, chosen) if self.resume else None
+        torch.manual_seed(c.seed)
+
+        # data
+        splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
+                           val_fraction=c.val_fraction, val_per_class=c.val_per_class, split_seed=c.split_seed,
+                           limit_per_class=c.limit_per_class, max_bad_fraction=c.max_bad_fraction,
+                           cache=c.cache_images, log=self.say, progress=c.progress and self.main)
+        classes, train_set, val_set = splits.classes, splits.train, splits.val
+        if c.num_classes is not None and c.num_classes < len(classes):
+            raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(classes)} classes of the data")
+        num_classes = c.num_classes or len(classes)
+
+        # model
+        if resume_ckpt is not None:
+            from ..checkpoints import load
+
+            model = load(resume_ckpt.path / WEIGHTS, dropout=c.dropout, attention_dropout=c.attention_dropout,
+                         drop_path=c.drop_path)
+        else:
+            model = build_model(c, num_classes, self.say)
+            model.preprocessing = model_preprocessing(model, c)
+        model.class_names = list(classes) + [str(i) for i in range(len(classes), model.num_classes)]
+        if model.num_classes != num_classes:
+            raise UsageError(f"the model has {model.num_classes} classes, the data {num_classes}")
+        device = info.device
+        if c.precision == "fp16" and device.type != "cuda":
+            raise UsageError("--precision fp16 needs a GPU (it uses a grad scaler); on CPU use bf16")
+        model.to(device)
+
+        # steps
+        global_batch = c.batch_size
+        if global_batch % (c.accum_steps * info.world_size):
+            raise UsageError(f"batch_size {global_batch} is not divisible by accum_steps x processes "
+                             f"({c.accum_steps} x {info.world_size})")
+        steps_per_epoch = len(train_set) // global_batch
+        if steps_per_epoch < 1:
+            raise UsageError(f"batch_size {global_batch} is larger than the {len(train_set)} training images")
+        total = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * steps_per_epoch))
+        warmup = min(c.warmup_steps or int(round(c.warmup_epochs * steps_per_epoch)), total)
+        end_step = min(total, c.stop_after) if c.stop_after is not None else total
+        eval_every = steps_per_epoch if c.eval_every == 0 else c.eval_every
+
+        # optimizer, scaler, EMA, and the resumed state
+        optimizer = build_optimizer(model, c)
+        scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
+        ema = EMA(model, c.ema_decay) if c.ema_decay > 0 else None
+        start_step = 0
+        if resume_ckpt is not None:
+            state = resume_ckpt.state
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+                if state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                if ema is not None and state.get("ema") is not None:
+                    ema.load_state_dict(state["ema"])
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise UsageError(f"--resume {resume_ckpt.path}: the saved state does not fit this run ({e}); "
+                                 "was the model or optimizer changed?") from None
+            if state.get("rng"):
+                set_rng_state(state["rng"])
+            start_step = resume_ckpt.step
+            if start_step >= total:
+                raise UsageError(f"--resume {resume_ckpt.path}: the run already finished ({start_step} of {total} "
+                                 "steps); raise --steps to train longer")
+            if end_step <= start_step:
+                raise UsageError(f"--stop-after {c.stop_after}: the run is already at step {start_step}")
+
+        # the run folder
+        resolved = c.replace(name=run_dir.name, out_dir=str(run_dir.parent), num_classes=num_classes,
+                             image_size=model.config.image_size[0], mean=list(model.preprocessing.mean),
+                             std=list(model.preprocessing.std), interpolation=model.preprocessing.interpolation,
+                             steps=total, stop_after=None)  # stop_after belongs to one invocation
+        if self.main:
+            from ..checkpoints.io import atomic_write_text
+            from ..models import count_parameters
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / CONFIG_FILE, resolved.to_json() + "\n")
+            atomic_write_text(run_dir / RUN_FILE, json.dumps({
+                "classes": classes, "data": splits.description, "train_images": len(train_set),
+                "val_images": len(val_set) if val_set is not None else 0, "val_split": splits.val_name,
+                "steps_per_epoch": steps_per_epoch, "total_steps": total, "warmup_steps": warmup,
+                "world_size": info.world_size, "device": str(device), "parameters": count_parameters(model),
+                "model": model.config.to_dict(), "preprocessing": model.preprocessing.to_dict(),
+                "torch": torch.__version__, "command": sys.argv,
+            }, indent=2) + "\n")
+            if splits.bad_files:
+                atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in splits.bad_files))
+        metrics = MetricsLog(run_dir / METRICS_FILE, self.main, start_step if resume_ckpt is not None else None)
+        distributed.barrier(info)
+
+        # loaders
+        augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
+                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude)
+        workers = auto_workers(train_set, c.num_workers, info.world_size)
+        pin = device.type == "cuda"
+        sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
+                                   start_step, end_step)
+        train_data = TransformedImages(train_set, train_transform(model.preprocessing, **augment))
+        val_batches = None
+        if val_set is not None:
+            eval_batch = c.eval_batch_size or max(global_batch // c.accum_steps // info.world_size, 1)
+            val_data = TransformedImages(val_set, eval_transform(model.preprocessing))
+            val_workers = auto_workers(val_set, -1 if val_set.in_memory else c.num_workers, info.world_size)
+            val_batches = eval_loader(val_data, eval_batch, val_workers,
+                                      info.rank, info.world_size, pin)
+
+        # the model that trains: DDP, then compile
+        train_model = model
+        ddp = None
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            train_model = ddp
+        if c.compile:
+            train_model = torch.compile(train_model, backend=c.compile_backend)
+        ema_model = copy.deepcopy(model).eval() if ema is not None else None
+
+        parameters = sum(p.numel() for p in model.parameters())
+        self.say(f"training {describe(model.config)} ({parameters:,} parameters, {num_classes} classes) on "
+                 f"{splits.description}: {len(train_set):,} training images, "
+                 f"{len(val_set) if val_set is not None else 0:,} {splits.val_name} images; {total:,} steps of "
+                 f"{global_batch} ({steps_per_epoch} per epoch), {info.world_size} process(es) on {device}")
+        if resume_ckpt is not None:
+            self.say(f"resuming {run_dir} from step {start_step} ({resume_ckpt.path})")
+
+        # ------------------------------------------------------------------------------------ evaluation
+        def run_eval(step: int) -> tuple[EvalResult | None, EvalResult | None]:
+            if val_batches is None:
+                return None, None
+            results = []
+            for weights, net in (("model", model), ("ema", ema_model)):
+                if net is None:
+                    results.append(None)
+                    continue
+                if weights == "ema":
+                    ema.copy_to(ema_model)
+                counts = evaluate(net, val_batches, num_classes, device, c.precision,
+                                  progress=c.progress and self.main, desc=f"eval {splits.val_name}",
+                                  total=len(val_batches))
+                distributed.all_reduce_sum(counts.tensors(), info)
+                result = counts.result()
+                metrics.write({"kind": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "split": splits.val_name, "weights": weights, **result.summary()})
+                results.append(result)
+            model.train()
+            return results[0], results[1]
+
+        # ------------------------------------------------------------------------------------ checkpoints
+        last_saved: dict[str, Any] = {"step": start_step if resume_ckpt is not None else None,
+                                      "path": resume_ckpt.path if resume_ckpt is not None else None}
+
+        def save(step: int) -> None:
+            if self.main:
+                state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
+                         "config": resolved.to_json(), "world_size": info.world_size, "total_steps": total,
+                         "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch}}
+                model.eval()
+                path = write_checkpoint(run_dir, step, model, state, keep=c.keep_checkpoints)
+                model.train()
+                last_saved.update(step=step, path=path)
+            distributed.barrier(info)
+
+        # ------------------------------------------------------------------------------------ the loop
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start_step, desc=f"train {run_dir.name}", unit="step",
+                   disable=not (c.progress and self.main), dynamic_ncols=True, smoothing=0.05)
+        model.train()
+        batches = iter(train_loader(train_data, sampler, workers, pin))
+
+        def new_window() -> dict[str, Any]:
+            """Sums since the last training record, kept on the device so that no step waits for a sync."""
+            zeros = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)]
+            return dict(loss=zeros[0], correct=zeros[1], seen=zeros[2], bad=zeros[3], steps=0, since=time.time(),
+                        first_bad=torch.full((), float(total + 1), dtype=torch.float64, device=device))
+
+        window = new_window()
+        lr = c.lr
+        grad_norm = torch.zeros(())
+        final = final_ema = None
+
+        def flush(step: int) -> None:
+            """Sum the window over ranks, stop on a non-finite loss, write one training record."""
+            nonlocal window
+            if window["steps"] == 0:
+                return
+            sums = torch.stack([window["loss"], window["correct"], window["seen"], window["bad"]])
+            distributed.all_reduce_sum([sums], info)
+            first_bad = window["first_bad"].clone()
+            if info.enabled:
+                import torch.distributed as dist
+
+                dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            sums = sums.cpu()
+            if sums[3] > 0:
+                bad_step = int(first_bad)
+                where = (f"the last good checkpoint, {last_saved['path']} (step {last_saved['step']}), is untouched"
+                         if last_saved["path"] is not None else "no checkpoint had been written")
+                bar.close()
+                metrics.write({"kind": "stopped", "step": bad_step, "reason": "non-finite loss"})
+                raise TrainingError(f"the loss (or gradient) became non-finite at step {bad_step} of {total}; "
+                                    "training stopped "
+                                    f"and {where}. Try a lower --lr, a longer warm-up or --precision fp32")
+            elapsed = max(time.time() - window["since"], 1e-9)
+            images = float(sums[2])
+            record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                      "loss": float(sums[0]) / (window["steps"] * info.world_size),
+                      "accuracy": float(sums[1]) / max(images, 1.0), "lr": lr, "grad_norm": float(grad_norm),
+                      "images_per_sec": images / elapsed}
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}",
+                            lr=f"{lr:.2e}", refresh=False)
+            window = new_window()
+
+        try:
+            for step in range(start_step, end_step):
+                lr = learning_rate(step, total, c.lr, warmup, c.schedule, c.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(mix_seed(c.seed, step, info.rank, 0xD209))  # dropout, stochastic depth
+                step_loss = torch.zeros((), device=device)
+                for micro in range(c.accum_steps):
+                    images, labels = next(batches)
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    images, targets = mix_batch(images, labels, num_classes, mixup_alpha=c.mixup_alpha,
+                                                cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
+                                                smoothing=c.label_smoothing,
+                                                seed=mix_seed(c.seed, step, micro, info.rank, 0x313))
+                    sync = ddp.no_sync() if ddp is not None and micro < c.accum_steps - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast(device, c.precision):
+                            logits = train_model(images)
+                        loss = F.cross_entropy(logits.float(), targets)
+                        scaler.scale(loss / c.accum_steps).backward()
+                    step_loss += loss.detach()
+                    window["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
+                    window["seen"] += labels.numel()
+                if c.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model, step)
+
+                step_loss = (step_loss / c.accum_steps).double()
+                finite = torch.isfinite(step_loss)
+                if c.grad_clip > 0 and not scaler.is_enabled():  # (a grad scaler skips non-finite steps itself)
+                    finite = finite & torch.isfinite(grad_norm.to(device))
+                window["loss"] += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+                window["bad"] += (~finite).double()
+                window["first_bad"] = torch.where(finite, window["first_bad"],
+                                                  torch.minimum(window["first_bad"], torch.full_like(
+                                                      window["first_bad"], float(step + 1))))
+                window["steps"] += 1
+                done = step + 1
+                bar.update(1)
+                due_eval = val_batches is not None and eval_every > 0 and done % eval_every == 0 and done < end_step
+                due_save = c.checkpoint_every > 0 and done % c.checkpoint_every == 0 and done < end_step
+                if done % c.log_every == 0 or due_eval or due_save or done == end_step:
+                    flush(done)
+                if due_eval:
+                    result, result_ema = run_eval(done)
+                    if result is not None:
+                        self.say(f"step {done}: {splits.val_name} top-1 {100 * result.top1:.2f}%"
+                                 + (f", EMA {100 * result_ema.top1:.2f}%" if result_ema is not None else ""))
+                if due_save:
+                    save(done)
+            flush(end_step)
+            bar.close()
+            final, final_ema = run_eval(end_step)
+            if last_saved["step"] != end_step:
+                save(end_step)
+        finally:
+            bar.close()
+            if self.main and (run_dir / METRICS_FILE).exists():
+                from .plots import plot_curves
+
+                try:
+                    plot_curves(run_dir / METRICS_FILE, run_dir / PLOT_FILE,
+                                title=f"{run_dir.name}: {describe(model.config)}, {len(train_set):,} images")
+                except Exception as e:  # a figure must never cost a run
+                    self.say(f"could not draw {PLOT_FILE}: {e}")
+
+        finished = end_step == total
+        seconds = time.time() - started
+        if self.main and finished:
+            from ..checkpoints import save as save_model
+
+            model.eval()
+            save_model(model.cpu(), run_dir / WEIGHTS)
+            if ema_model is not None:
+                ema.copy_to(ema_model)
+                save_model(ema_model.cpu(), run_dir / "model_ema.safetensors")
+        summary = {"kind": "summary", "step": end_step, "finished": finished, "seconds": round(seconds, 2),
+                   "bad_files": len(splits.bad_files)}
+        if final is not None:
+            summary.update({f"{splits.val_name}_top1": final.top1, f"{splits.val_name}_top5": final.top5})
+        if final_ema is not None:
+            summary[f"{splits.val_name}_top1_ema"] = final_ema.top1
+        metrics.write(summary)
+        distributed.barrier(info)
+
+        # the closing lines
+        if final is not None:
+            hits = int(round(final.top1 * final.count))
+            line = (f"{splits.val_name} accuracy {100 * final.top1:.2f}% ({hits}/{final.count}), "
+                    f"top-5 {100 * final.top5:.2f}%")
+            if final_ema is not None:
+                line += f"; EMA weights {100 * final_ema.top1:.2f}%"
+            self.say(line)
+        if splits.bad_files:
+            self.say(f"skipped {len(splits.bad_files)} unreadable file(s), listed in {run_dir / BAD_FILES}")
+        if finished:
+            self.say(f"trained {end_step - start_step:,} steps in {_format_seconds(seconds)}; run saved to "
+                     f"{run_dir}/ ({WEIGHTS}, checkpoints/, {METRICS_FILE}, {PLOT_FILE}, {CONFIG_FILE})")
+        else:
+            self.say(f"stopped after step {end_step} of {total} ({_format_seconds(seconds)}); continue with: "
+                     f"vitkit train --resume {run_dir}")
+        return TrainResult(run_dir=run_dir, step=end_step, total_steps=total, finished=finished, seconds=seconds,
+                           val_name=splits.val_name, final=final, final_ema=final_ema,
+                           bad_files=splits.bad_files, model=model.cpu())
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The resolved config a run wrote (for --resume and evaluation)."""
+    from .config import apply_overrides, read_recipe_file
+
+    path = Path(run_dir)
+    if path.name.startswith("step_") and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    return apply_overrides(TrainConfig(), read_recipe_file(path / CONFIG_FILE))
