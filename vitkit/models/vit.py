@@ -186,7 +186,7 @@ class VisionTransformer(nn.Module):
         """The patch grid for an input, or a clear error where the input does not fit the model."""
         c = self.config
         step = (c.patch_size[0] * c.stem_stride, c.patch_size[1] * c.stem_stride)
-        if (height, width) != tuple(c.image_size) and not c.dynamic_image_size:
+        if not c.dynamic_image_size and (height, width) != tuple(c.image_size):  # no size test when traced at any size
             raise ValueError(
                 f"input size ({height}, {width}) does not match the model's image size {tuple(c.image_size)}; "
                 "resize the input, call model.set_image_size(...), or create the model with dynamic_image_size=True"

@@ -1,0 +1,95 @@
+"""`vitkit bench` produces its table and JSON with finite ratios; the peers get the same function. Tiny models, one
+round: these tests check the plumbing, never the speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.bench import BenchSettings, format_report, matmul_ceiling, peak_memory, run_benchmark
+from vitkit.cli import main
+
+from conftest import randomize_
+
+TINY = {"depth": 1, "width": 32, "num_heads": 2, "mlp_dim": 64}
+
+
+def tiny_settings(**changes) -> BenchSettings:
+    base = dict(model="ViT-Ti/16", image_size=32, num_classes=5, overrides={**TINY, "patch_size": 8}, batch_size=2,
+                precisions=("fp32",), tasks=("infer",), peers=("timm", "torchvision"), repeats=1, warmup=0,
+                loss_steps=0, ceiling_size=256)
+    return BenchSettings(**{**base, **changes})
+
+
+def test_inference_rows_ratios_and_same_function():
+    report = run_benchmark(tiny_settings())
+    rows = report["results"]
+    assert [(r["implementation"], r["regime"]) for r in rows] == [
+        ("vitkit", "fp32, fast path"), ("vitkit", "fp32, plain path"), ("timm", "fp32"), ("torchvision", "fp32")]
+    assert rows[0]["vitkit_speedup"] == 1.0
+    for r in rows:
+        assert math.isfinite(r["vitkit_speedup"]) and r["vitkit_speedup"] > 0
+        assert r["images_per_s"] > 0 and 0 < r["fraction_of_ceiling"] < math.inf
+        assert r["rel_err"] < 1e-5 and r["top1_agreement"] == 1.0  # same weights, same function
+    assert report["ceilings"]["fp32"]["gflops"] > 0
+    table = format_report(report)
+    assert "inference throughput, fp32" in table and "torchvision" in table and "vitkit x" in table
+
+
+def test_cli_writes_json_with_training_and_loss_trajectories(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "ViT-Ti/16", "--image-size", "32", "--num-classes", "5", "--set", "depth=1",
+                 "--set", "width=32", "--set", "num_heads=2", "--set", "mlp_dim=64", "--set", "patch_size=8",
+                 "--batch-size", "4", "--precision", "bf16", "--tasks", "train", "latency", "--peers", "timm",
+                 "--repeats", "1", "--warmup", "0", "--loss-steps", "3", "--no-memory", "--ceiling-size", "256", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "training step, bf16" in printed and "batch-1 latency, bf16" in printed and "loss trajectories" in printed
+    report = json.loads(out.read_text())
+    tasks = {(r["task"], r["implementation"], r["regime"]) for r in report["results"]}
+    assert ("train", "timm", "autocast bf16, AdamW(default)") in tasks
+    assert ("latency", "timm", "bf16 weights") in tasks and ("latency", "timm", "autocast bf16") in tasks
+    assert all(math.isfinite(r["vitkit_speedup"]) for r in report["results"])
+    (trajectory,) = report["loss_trajectories"]
+    assert len(trajectory["losses"]["vitkit"]) == 3
+    assert max(trajectory["max_deviation_relative_to_first_loss"].values()) < 5e-2
+
+
+def test_bench_rejects_bad_settings():
+    with pytest.raises(ValueError, match="precision"):
+        run_benchmark(tiny_settings(precisions=("fp64",)))
+    assert main(["bench", "--set", "depth"]) == 2
+
+
+def test_peak_memory_sees_an_allocation():
+    size = 64 * 2**20
+    measured = peak_memory(lambda: torch.ones(size // 4), torch.device("cpu"))
+    if measured is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert measured >= 0.9 * size
+
+
+def test_matmul_ceiling_reports_the_best_backend():
+    ceiling = matmul_ceiling(torch.float32, torch.device("cpu"), repeats=1, size=128)
+    assert ceiling["gflops"] == max(ceiling["per_backend"].values()) > 0
+
+
+def test_torchvision_adapter_gives_the_same_logits():
+    import torchvision
+
+    from vitkit.checkpoints.torchvision import to_torchvision, torchvision_kwargs
+
+    for representation_size in (None, 24):
+        model = randomize_(vitkit.create_model("ViT-Ti/16", image_size=32, depth=2, num_classes=7,
+                                               representation_size=representation_size)).eval()
+        peer = torchvision.models.VisionTransformer(**torchvision_kwargs(model.config)).eval()
+        peer.load_state_dict(to_torchvision(model), strict=True)
+        images = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(peer(images), model(images), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pool='gap'"):
+        torchvision_kwargs(vitkit.create_model("ViT-Ti/16", pool="gap").config)

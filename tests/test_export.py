@@ -1,0 +1,70 @@
+"""ONNX and torch.export: dynamic batch and image size, checked against PyTorch (onnxruntime within 1e-4)."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+import vitkit
+from vitkit.cli import main
+from vitkit.export import check_onnx, export_onnx, save_program
+
+from conftest import randomize_
+
+TINY = dict(image_size=32, patch_size=8, depth=2, width=32, num_heads=2, mlp_dim=64, num_classes=5)
+
+
+def tiny(**overrides):
+    return randomize_(vitkit.create_model("ViT-Ti/16", **{**TINY, **overrides})).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pool": "gap", "posemb": "none", "class_token": False},
+                                       {"posemb_prefix": False, "gelu": "tanh"}])
+def test_onnx_dynamic_batch_and_size_match_pytorch(tmp_path, overrides):
+    result = export_onnx(tiny(**overrides), tmp_path / "model.onnx")
+    shapes = {tuple(c["shape"]) for c in result["checks"]}
+    assert {(1, 3, 32, 32), (3, 3, 32, 32), (2, 3, 48, 48), (1, 3, 24, 56)} <= shapes
+    assert all(c["rel_err"] < 1e-4 for c in result["checks"]), result["checks"]
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # batch, C, H, W
+    assert graph.output[0].name == "logits"
+
+
+def test_static_size_export_for_fixed_position_embeddings(tmp_path):
+    model = tiny(posemb="sincos_2d", pool="gap")
+    with pytest.raises(ValueError, match="fixed image size"):
+        export_onnx(model, tmp_path / "dynamic.onnx")
+    result = export_onnx(model, tmp_path / "model.onnx", dynamic_image_size=False)
+    assert all(c["shape"][2:] == [32, 32] for c in result["checks"])
+    assert max(c["rel_err"] for c in result["checks"]) < 1e-4
+
+
+def test_pt2_program_runs_at_other_sizes(tmp_path):
+    model = tiny()
+    save_program(model, tmp_path / "model.pt2")
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    images = torch.randn(3, 3, 40, 24)
+    model.config = model.config.replace(dynamic_image_size=True)
+    with torch.no_grad():
+        assert torch.allclose(program(images), model(images), atol=1e-5, rtol=1e-4)
+
+
+def test_export_cli(tmp_path, capsys):
+    vitkit.save(tiny(), tmp_path / "tiny.safetensors")
+    assert main(["export", str(tmp_path / "tiny.safetensors"), "--static-batch"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "tiny.onnx").exists() and "onnxruntime vs PyTorch at (2, 3, 48, 48)" in out
+    assert main(["export", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+
+
+def test_check_flags_a_wrong_file(tmp_path):
+    model = tiny()
+    export_onnx(model, tmp_path / "model.onnx", check=False)
+    other = tiny(gelu="tanh")  # a different function: the check must see it
+    with torch.no_grad():
+        other.head.weight.mul_(2)
+    checks = check_onnx(tmp_path / "model.onnx", other, [(2, 3, 32, 32)])
+    assert checks[0]["rel_err"] > 1e-2

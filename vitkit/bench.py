@@ -1,0 +1,576 @@
+"""Throughput, latency and training speed of vitkit against timm, torchvision and transformers, side by side.
+
+Every implementation gets the same architecture and the same weights (converted with vitkit's own adapters; the
+outputs are compared to vitkit's to prove it), the same input, the same threads, in the same process. After warm-up,
+runs alternate between implementations (A B C A B C ...), so that a slow spell of a shared machine hits all of them;
+the table gives medians and the speedup of vitkit over each row (row's median time / vitkit's).
+
+The machine's ceilings are measured too: a large float32 and bfloat16 matrix product (on the CPU the best of
+`torch.mm` and oneDNN), and each row's achieved GFLOP/s (forward FLOPs counted by `vitkit.count_flops`, a
+multiply-add as 2; a training step counted as 3 forwards) is given as a fraction of the ceiling of its precision.
+
+Peak memory: on the CPU, the rise of the process's resident set (VmHWM - VmRSS, after resetting the high-water mark
+through /proc/self/clear_refs and returning freed heap memory with malloc_trim) during one call: the activations and
+workspace of a forward or a training step, beyond the weights that were already resident (reported apart, as the
+bytes of the model's tensors). On a GPU, torch.cuda.max_memory_allocated over one call minus what was allocated
+before it.
+
+    from vitkit.bench import BenchSettings, run_benchmark, format_report
+    report = run_benchmark(BenchSettings(model="ViT-B/16", batch_size=8, precisions=("fp32", "bf16")))
+    print(format_report(report))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import dataclasses
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import ViTConfig
+from .models import count_flops, create_model
+from .models.fast import optimize_for_inference, plain_path, quantize_int8
+
+PRECISIONS = ("fp32", "bf16", "int8")
+TASKS = ("infer", "latency", "train")
+PEERS = ("timm", "torchvision", "hf")
+
+
+@dataclass
+class BenchSettings:
+    """What to measure. `overrides` set ViTConfig fields (e.g. depth=9); `checkpoint` loads weights instead of a
+    seeded random initialisation."""
+
+    model: str = "ViT-B/16"
+    image_size: int | None = None
+    num_classes: int | None = None
+    overrides: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    batch_size: int = 8  # inference and training batch; latency always uses batch 1
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    tasks: tuple[str, ...] = ("infer", "latency")
+    peers: tuple[str, ...] = PEERS
+    repeats: int = 5  # timed rounds; each round runs every implementation once
+    warmup: int = 2
+    threads: int | None = None  # torch.set_num_threads; None keeps PyTorch's default
+    device: str = "cpu"
+    compile: bool = False  # add rows for vitkit under torch.compile
+    plain: bool = True  # add rows for vitkit's plain path (no fast path), the reference for the fast path's gain
+    loss_steps: int = 20  # training: compare loss trajectories over this many steps (0: skip)
+    memory: bool = True
+    ceiling_size: int | None = None  # side of the ceiling's square product (default 2048 on the CPU, 4096 on a GPU)
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown precision(s) {bad}; expected some of {PRECISIONS}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; expected some of {TASKS}")
+        bad = [p for p in self.peers if p not in PEERS]
+        if bad:
+            raise ValueError(f"unknown peer(s) {bad}; expected some of {PEERS}")
+        if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
+            raise ValueError("repeats and batch_size must be at least 1, warmup at least 0")
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Bytes of memory one call of `fn` needs beyond what is resident before it (see the module docstring)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    _malloc_trim()
+    base = _proc_status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark VmHWM to the current resident set
+    except OSError:
+        return None
+    fn()
+    peak = _proc_status_kb("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(peak - base, 0) * 1024
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds, looking inside tensor subclasses (quantized weights) and oneDNN-layout tensors."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def model_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters, buffers and oneDNN-packed weight copies."""
+    total = sum(tensor_bytes(t) for t in module.parameters()) + sum(tensor_bytes(t) for t in module.buffers())
+    total += sum(tensor_bytes(m.packed_weight) for m in module.modules() if getattr(m, "packed_weight", None) is not None)
+    return total
+
+
+def matmul_ceiling(dtype: torch.dtype, device: torch.device, repeats: int = 5, size: int | None = None) -> dict:
+    """GFLOP/s of a large square matrix product: median over `repeats` per backend, and the best backend's."""
+    n = size or (4096 if device.type == "cuda" else 2048)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    backends = {"torch.mm": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        if dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            bt = b.t().contiguous()  # oneDNN's dense kernel takes (out, in) weights
+            backends["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    times = {name: [] for name in backends}
+    with torch.inference_mode():
+        for fn in backends.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in backends.items():  # alternate the backends, like the implementations
+                times[name].append(_timed(fn, device))
+    flops = 2 * n**3
+    per_backend = {name: flops / statistics.median(ts) / 1e9 for name, ts in times.items()}
+    best = max(per_backend, key=per_backend.get)
+    return {"size": n, "gflops": per_backend[best], "backend": best, "per_backend": per_backend}
+
+
+# ------------------------------------------------------------------------------------------------ implementations
+@dataclass
+class Candidate:
+    """One row: an implementation in one precision regime, and a closure that does one unit of work."""
+
+    impl: str  # vitkit, timm, torchvision, hf
+    regime: str  # what precision regime and path, in words
+    precision: str  # fp32 / bf16 / int8: which ceiling applies, and which group's vitkit row is the reference
+    run: Callable[[], Any]
+    weights_bytes: int
+    reference: bool = False  # the vitkit row the group's ratios are computed against
+    compile_seconds: float | None = None
+    note: str = ""
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _peer_module(peer: str, model: nn.Module) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
+    """The peer's model with vitkit's weights, and how to get logits from it."""
+    c = model.config
+    if peer == "timm":
+        import timm
+
+        from .checkpoints.timm import timm_kwargs, to_timm
+
+        peer_model = timm.models.VisionTransformer(**timm_kwargs(c))
+        peer_model.load_state_dict(to_timm(model), strict=True)
+        return peer_model, lambda m, x: m(x)
+    if peer == "torchvision":
+        import torchvision
+
+        from .checkpoints.torchvision import to_torchvision, torchvision_kwargs
+
+        peer_model = torchvision.models.VisionTransformer(**torchvision_kwargs(c))
+        peer_model.load_state_dict(to_torchvision(model), strict=True)
+        return peer_model, lambda m, x: m(x)
+    if peer == "hf":
+        import transformers
+
+        from .checkpoints.hf import write_hf_dir
+
+        with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as folder:
+            write_hf_dir(model, Path(folder), {})  # from_pretrained maps the published naming to its own
+            peer_model = transformers.ViTForImageClassification.from_pretrained(folder)
+        return peer_model, lambda m, x: m(pixel_values=x).logits
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+def _peer_models(settings: BenchSettings, model: nn.Module, notes: list[str]) -> dict:
+    peers = {}
+    module_names = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
+    for peer in settings.peers:
+        if not _installed(module_names[peer]):
+            notes.append(f"{peer}: not installed, skipped")
+            continue
+        try:
+            peers[peer] = _peer_module(peer, model)
+        except ValueError as e:  # the peer cannot express this configuration
+            notes.append(f"{peer}: skipped ({e})")
+    return peers
+
+
+def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Module, peers: dict,
+                          images: torch.Tensor, device: torch.device) -> list[Candidate]:
+    """Rows for one precision; each run() returns logits."""
+    rows: list[Candidate] = []
+    autocast = lambda: torch.autocast(device.type, torch.bfloat16)  # noqa: E731
+
+    def frozen(module, forward, x, context=contextlib.nullcontext):
+        def run():
+            with torch.inference_mode(), context():
+                return forward(module, x)
+        return run
+
+    vitkit_forward = lambda m, x: m(x)  # noqa: E731
+    if precision == "fp32":
+        fast = optimize_for_inference(model)
+        rows.append(Candidate("vitkit", "fp32, fast path", precision, frozen(fast, vitkit_forward, images),
+                              model_bytes(fast), reference=True))
+        if settings.plain:
+            rows.append(Candidate("vitkit", "fp32, plain path", precision,
+                                  frozen(model, vitkit_forward, images, plain_path), model_bytes(model)))
+        for name, (peer, forward) in peers.items():
+            rows.append(Candidate(name, "fp32", precision, frozen(peer, forward, images), model_bytes(peer)))
+    elif precision == "bf16":
+        fast = optimize_for_inference(model, torch.bfloat16)
+        rows.append(Candidate("vitkit", "bf16 weights (cast once), fast path", precision,
+                              frozen(fast, vitkit_forward, images), model_bytes(fast), reference=True))
+        if settings.plain:
+            plain_autocast = lambda: _both(plain_path(), autocast())  # noqa: E731
+            rows.append(Candidate("vitkit", "autocast bf16, plain path", precision,
+                                  frozen(model, vitkit_forward, images, plain_autocast), model_bytes(model)))
+        for name, (peer, forward) in peers.items():
+            rows.append(Candidate(name, "autocast bf16", precision, frozen(peer, forward, images, autocast),
+                                  model_bytes(peer)))
+            peer16 = copy.deepcopy(peer).to(torch.bfloat16)
+            rows.append(Candidate(name, "bf16 weights", precision, frozen(peer16, forward, images.bfloat16()),
+                                  model_bytes(peer16)))
+    elif precision == "int8":
+        if device.type != "cpu":
+            raise ValueError("int8 is measured on the CPU only")
+        quantized = quantize_int8(model)
+        rows.append(Candidate("vitkit", "int8 dynamic (torchao)", precision, frozen(quantized, vitkit_forward, images),
+                              model_bytes(quantized), reference=True))
+        fast = optimize_for_inference(model)
+        rows.append(Candidate("vitkit", "fp32, fast path", precision, frozen(fast, vitkit_forward, images),
+                              model_bytes(fast)))
+        for name, (peer, forward) in peers.items():
+            peer8 = quantize_int8(peer)
+            rows.append(Candidate(name, "int8 dynamic (torchao)", precision, frozen(peer8, forward, images),
+                                  model_bytes(peer8)))
+    if settings.compile and precision in ("fp32", "bf16"):
+        compiled = optimize_for_inference(model, torch.bfloat16 if precision == "bf16" else None, compile=True)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(images)  # compiles
+        seconds = time.perf_counter() - start
+        regime = "fp32, fast path + torch.compile" if precision == "fp32" else "bf16 weights + torch.compile"
+        rows.insert(1, Candidate("vitkit", regime, precision, frozen(compiled, vitkit_forward, images),
+                                 model_bytes(compiled), compile_seconds=seconds))
+    for row in rows:
+        row.weights_bytes = int(row.weights_bytes)
+    return rows
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
+
+
+def _train_step(module: nn.Module, forward, images, labels, precision: str, device: torch.device,
+                fused: bool, context=contextlib.nullcontext) -> Callable[[], float]:
+    """One training step closure: forward (under bf16 autocast for precision bf16), cross-entropy, backward, AdamW."""
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.05, fused=True if fused else None)
+
+    def step():
+        with context():
+            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+                loss = F.cross_entropy(forward(module, images).float(), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def _fused_adamw_supported(device: torch.device) -> bool:
+    p = nn.Parameter(torch.zeros(1, device=device))
+    try:
+        torch.optim.AdamW([p], fused=True)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _train_candidates(settings: BenchSettings, precision: str, model: nn.Module, peers: dict, images, labels,
+                      device: torch.device) -> list[Candidate]:
+    """Training-step rows: fresh copies of the same weights; vitkit with its fast path and a fused AdamW, the
+    peers (and vitkit's plain path) with PyTorch's default AdamW."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError("training is measured in fp32 and bf16 (autocast) only")
+    fused = _fused_adamw_supported(device)
+    regime = "autocast bf16" if precision == "bf16" else "fp32"
+    vitkit_forward = lambda m, x: m(x)  # noqa: E731
+    rows = [Candidate("vitkit", f"{regime}, fast path, AdamW({'fused' if fused else 'default'})", precision,
+                      _train_step(copy.deepcopy(model), vitkit_forward, images, labels, precision, device, fused),
+                      model_bytes(model), reference=True)]
+    if settings.plain:
+        rows.append(Candidate("vitkit", f"{regime}, plain path, AdamW(default)", precision,
+                              _train_step(copy.deepcopy(model), vitkit_forward, images, labels, precision, device,
+                                          False, plain_path), model_bytes(model)))
+    for name, (peer, forward) in peers.items():
+        rows.append(Candidate(name, f"{regime}, AdamW(default)", precision,
+                              _train_step(copy.deepcopy(peer), forward, images, labels, precision, device, False),
+                              model_bytes(peer)))
+    if settings.compile:
+        compiled = torch.compile(copy.deepcopy(model))
+        step = _train_step(compiled, vitkit_forward, images, labels, precision, device, fused)
+        start = time.perf_counter()
+        step()
+        rows.insert(1, Candidate("vitkit", f"{regime}, torch.compile, AdamW({'fused' if fused else 'default'})",
+                                 precision, step, model_bytes(model), compile_seconds=time.perf_counter() - start))
+    return rows
+
+
+def loss_trajectories(settings: BenchSettings, precision: str, model: nn.Module, peers: dict, images, labels,
+                      device: torch.device) -> dict:
+    """Losses over `settings.loss_steps` steps on one fixed batch, from identical weights, for vitkit (fast path),
+    vitkit's plain path and each peer; and each one's largest deviation from vitkit's, relative to the first loss."""
+    rows = _train_candidates(dataclasses.replace(settings, compile=False), precision, model, peers, images, labels,
+                             device)
+    losses = {}
+    for row in rows:
+        key = row.impl if row.impl != "vitkit" or row.reference else "vitkit (plain path)"
+        losses[key] = [float(row.run()) for _ in range(settings.loss_steps)]
+    reference = losses["vitkit"]
+    deviation = {k: max(abs(a - b) for a, b in zip(v, reference)) / abs(reference[0])
+                 for k, v in losses.items() if k != "vitkit"}
+    return {"precision": precision, "steps": settings.loss_steps, "losses": losses,
+            "max_deviation_relative_to_first_loss": deviation}
+
+
+# ------------------------------------------------------------------------------------------------ the benchmark
+def build_model(settings: BenchSettings) -> nn.Module:
+    """The weights every implementation gets: a checkpoint's, or vitkit's initialisation (seeded) with a random
+    head instead of the zero one, so that the logits, and their comparison across implementations, mean something."""
+    if settings.checkpoint:
+        from .checkpoints import load
+
+        return load(settings.checkpoint, num_classes=settings.num_classes, image_size=settings.image_size).eval()
+    torch.manual_seed(settings.seed)
+    model = create_model(settings.model, num_classes=settings.num_classes, image_size=settings.image_size,
+                         **settings.overrides)
+    if isinstance(model.head, nn.Linear):
+        with torch.no_grad():
+            nn.init.normal_(model.head.weight, std=0.02)
+    return model.eval()
+
+
+def _compare(logits: torch.Tensor, reference: torch.Tensor) -> dict:
+    a, b = logits.detach().float().cpu(), reference.detach().float().cpu()
+    rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
+    agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    return {"rel_err": rel, "top1_agreement": agree}
+
+
+def _measure(candidates: list[Candidate], settings: BenchSettings, device: torch.device, images_per_call: int,
+             flops_per_call: int, ceilings: dict, reference_logits: torch.Tensor | None, task: str) -> list[dict]:
+    outputs = {}
+    for i, c in enumerate(candidates):
+        for w in range(max(settings.warmup, 1)):
+            out = c.run()
+            if w == 0 and reference_logits is not None:
+                outputs[i] = _compare(out, reference_logits)
+    times = {i: [] for i in range(len(candidates))}
+    for _ in range(settings.repeats):
+        for i, c in enumerate(candidates):  # A B C A B C ...
+            times[i].append(_timed(c.run, device))
+    memory = {i: peak_memory(c.run, device) if settings.memory else None for i, c in enumerate(candidates)}
+    reference_median = {c.precision: statistics.median(times[i]) for i, c in enumerate(candidates) if c.reference}
+    rows = []
+    for i, c in enumerate(candidates):
+        median = statistics.median(times[i])
+        gflops = flops_per_call / median / 1e9
+        ceiling = ceilings.get(c.precision, {}).get("gflops") if c.precision in ("fp32", "bf16") else None
+        row = {
+            "task": task, "implementation": c.impl, "regime": c.regime, "precision": c.precision,
+            "median_s": median, "min_s": min(times[i]), "max_s": max(times[i]), "times_s": times[i],
+            "images_per_s": images_per_call / median, "vitkit_speedup": median / reference_median[c.precision],
+            "gflops": gflops, "fraction_of_ceiling": gflops / ceiling if ceiling else None,
+            "peak_memory_bytes": memory[i], "weights_bytes": c.weights_bytes, "compile_seconds": c.compile_seconds,
+        }
+        if i in outputs:
+            row.update(outputs[i])
+        rows.append(row)
+    return rows
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "device": str(device)}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    for name in ("timm", "torchvision", "transformers", "torchao"):
+        if _installed(name):
+            with contextlib.suppress(Exception):
+                info[name] = __import__(name).__version__
+    return info
+
+
+def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None) -> dict:
+    """Measure what `settings` asks for; returns a JSON-ready report (see `format_report`)."""
+    settings.validate()
+    log = log or (lambda message: None)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    notes: list[str] = []
+    model = build_model(settings).to(device)
+    config: ViTConfig = model.config
+    peers = {name: (peer.to(device).eval(), fwd) for name, (peer, fwd) in _peer_models(settings, model, notes).items()}
+    log(f"implementations: vitkit{''.join(', ' + p for p in peers)}")
+
+    log("measuring the matrix-product ceilings")
+    ceilings = {"fp32": matmul_ceiling(torch.float32, device, settings.repeats, settings.ceiling_size)}
+    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        ceilings["bf16"] = matmul_ceiling(torch.bfloat16, device, settings.repeats, settings.ceiling_size)
+
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    batch = torch.randn(settings.batch_size, config.in_channels, *config.image_size, generator=gen).to(device)
+    labels = torch.randint(0, max(config.num_classes, 1), (settings.batch_size,), generator=gen).to(device)
+    with torch.no_grad(), plain_path():
+        reference = {"infer": model(batch), "latency": model(batch[:1])}  # fp32 plain path: what all must compute
+
+    rows, trajectories = [], []
+    for task in settings.tasks:
+        for precision in settings.precisions:
+            if task == "train" and precision == "int8":
+                notes.append("train: int8 is for inference only, skipped")
+                continue
+            if precision == "int8" and device.type != "cpu":
+                notes.append(f"{task}: int8 is measured on the CPU only, skipped")
+                continue
+            log(f"{task}, {precision}")
+            if task == "train":
+                candidates = _train_candidates(settings, precision, model, peers, batch, labels, device)
+                images, flops, ref = settings.batch_size, 3 * count_flops(config, settings.batch_size), None
+            else:
+                x = batch if task == "infer" else batch[:1]
+                candidates = _inference_candidates(settings, precision, model, peers, x, device)
+                images, flops, ref = x.shape[0], count_flops(config, x.shape[0]), reference[task]
+            rows += _measure(candidates, settings, device, images, flops, ceilings, ref, task)
+            if task == "train" and settings.loss_steps > 0:
+                log(f"train, {precision}: loss trajectories over {settings.loss_steps} steps")
+                trajectories.append(loss_trajectories(settings, precision, model, peers, batch, labels, device))
+    settings_dict = dataclasses.asdict(settings)
+    return {"settings": settings_dict, "config": config.to_dict(), "machine": machine_info(device),
+            "ceilings": ceilings, "results": rows, "loss_trajectories": trajectories, "notes": notes}
+
+
+# ------------------------------------------------------------------------------------------------ the table
+TASK_TITLES = {"infer": "inference throughput", "latency": "batch-1 latency", "train": "training step"}
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f}"
+
+
+def format_report(report: dict) -> str:
+    s, machine, config = report["settings"], report["machine"], report["config"]
+    lines = [
+        f"vitkit bench: {s['model']} at {config['image_size'][0]}x{config['image_size'][1]}, {config['depth']} blocks, "
+        f"width {config['width']}, {config['num_heads']} heads; batch {s['batch_size']} (latency: batch 1); "
+        f"{s['repeats']} alternating rounds after {s['warmup']} warm-up calls",
+        f"machine: {machine.get('gpu') or machine.get('cpu', '?')}, {machine['threads']} threads, "
+        f"torch {machine['torch']}",
+        "ceilings: " + ", ".join(f"{p} {c['gflops']:,.0f} GFLOP/s ({c['backend']}, {c['size']}^3 product)"
+                                 for p, c in report["ceilings"].items()),
+    ]
+    header = (f"{'task':<8} {'impl':<12} {'regime':<44} {'median':>9} {'img/s':>8} {'vitkit x':>8} {'spread':>7} "
+              f"{'GFLOP/s':>8} {'%ceil':>6} {'peak MB':>8} {'wts MB':>7} {'rel err':>8} {'top-1':>6}")
+    current = None
+    for r in report["results"]:
+        if (r["task"], r["precision"]) != current:
+            current = (r["task"], r["precision"])
+            lines += ["", f"{TASK_TITLES[r['task']]}, {r['precision']}", header]
+        unit = f"{r['median_s'] * 1e3:,.1f}ms"
+        spread = (r["max_s"] - r["min_s"]) / r["median_s"]
+        ceil = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.0f}%"
+        rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
+        top1 = "-" if r.get("top1_agreement") is None else f"{100 * r['top1_agreement']:.0f}%"
+        regime = r["regime"] + (f" [compile {r['compile_seconds']:.0f}s]" if r.get("compile_seconds") else "")
+        lines.append(f"{r['task']:<8} {r['implementation']:<12} {regime:<44} {unit:>9} {r['images_per_s']:>8.1f} "
+                     f"{r['vitkit_speedup']:>8.2f} {100 * spread:>6.0f}% {r['gflops']:>8.1f} {ceil:>6} "
+                     f"{_mb(r['peak_memory_bytes']):>8} {_mb(r['weights_bytes']):>7} {rel:>8} {top1:>6}")
+    for t in report["loss_trajectories"]:
+        lines += ["", f"loss trajectories, training {t['precision']}, {t['steps']} steps on one batch "
+                      "(max |loss - vitkit's| / vitkit's first loss):"]
+        ref = t["losses"]["vitkit"]
+        lines.append(f"  vitkit: {ref[0]:.4f} -> {ref[-1]:.4f}")
+        for name, dev in t["max_deviation_relative_to_first_loss"].items():
+            losses = t["losses"][name]
+            lines.append(f"  {name}: {losses[0]:.4f} -> {losses[-1]:.4f}, max deviation {dev:.2e}")
+    lines += ["", "vitkit x: the row's median time / vitkit's reference row's (above 1: vitkit faster). spread: "
+              "(max - min) / median of the timed rounds. %ceil: achieved GFLOP/s (forward FLOPs; a training step "
+              "counts 3 forwards) / the ceiling of the row's precision. peak MB: memory one call adds to what is "
+              "resident (CPU: resident-set high-water mark); wts MB: the model's tensors. rel err, top-1: logits "
+              "against vitkit's float32 plain path."]
+    lines += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path) -> None:
+    from .checkpoints.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+
+
+__all__ = ["BenchSettings", "run_benchmark", "format_report", "write_report", "matmul_ceiling", "peak_memory",
+           "loss_trajectories", "build_model", "PRECISIONS", "TASKS", "PEERS"]

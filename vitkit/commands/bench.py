@@ -1,0 +1,75 @@
+"""`vitkit bench`: vitkit against timm, torchvision and transformers, same weights, same run; table and JSON."""
+
+from __future__ import annotations
+
+import json
+
+ORDER = 60
+
+
+def _parse_override(text: str):
+    if "=" not in text:
+        from ..errors import UsageError
+
+        raise UsageError(f"--set expects KEY=VALUE (a ViTConfig field), got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def register(sub) -> None:
+    from ..bench import PEERS, PRECISIONS, TASKS
+
+    p = sub.add_parser(
+        "bench", help="speed against timm, torchvision and transformers",
+        description="Inference throughput, batch-1 latency and training-step throughput of vitkit and its peers "
+        "with the same architecture and weights, alternating between them after warm-up; medians, ratios to "
+        "vitkit, GFLOP/s against the machine's measured matrix-product ceilings, peak memory. Prints a table, "
+        "writes JSON with --json.")
+    p.add_argument("--model", default="ViT-B/16", help="variant (default ViT-B/16)")
+    p.add_argument("--image-size", type=int, help="resolution (default: the variant's, 224)")
+    p.add_argument("--num-classes", type=int, help="head size (default 1000)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any ViTConfig field, e.g. --set depth=9 (repeatable)")
+    p.add_argument("--checkpoint", help="load these weights instead of a seeded random initialisation")
+    p.add_argument("--batch-size", type=int, default=8, help="inference and training batch (default 8)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS,
+                   help="fp32, bf16 (vitkit: weights cast once; peers: autocast and bf16 weights), int8 (torchao)")
+    p.add_argument("--tasks", nargs="+", default=["infer", "latency"], choices=TASKS,
+                   help="infer (throughput), latency (batch 1), train (a step with AdamW); default infer latency")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS, help="default: all installed")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up calls per implementation (default 2)")
+    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, one per core)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--compile", action="store_true", help="also time vitkit under torch.compile")
+    p.add_argument("--no-plain", dest="plain", action="store_false", help="leave out vitkit's plain-path rows")
+    p.add_argument("--loss-steps", type=int, default=20,
+                   help="training: compare loss trajectories over this many steps (0 skips; default 20)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    p.add_argument("--ceiling-size", type=int, help="side of the ceiling's square matrix product (default 2048 on "
+                   "the CPU, 4096 on a GPU)")
+    p.add_argument("--json", help="write the full report (every timing) here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..bench import BenchSettings, format_report, run_benchmark, write_report
+
+    settings = BenchSettings(
+        model=args.model, image_size=args.image_size, num_classes=args.num_classes,
+        overrides=dict(_parse_override(o) for o in args.overrides), checkpoint=args.checkpoint,
+        batch_size=args.batch_size, precisions=tuple(args.precision), tasks=tuple(args.tasks),
+        peers=tuple(args.peers), repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+        device=args.device, compile=args.compile, plain=args.plain, loss_steps=args.loss_steps,
+        memory=args.memory, ceiling_size=args.ceiling_size)
+    report = run_benchmark(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        write_report(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
