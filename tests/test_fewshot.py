@@ -100,7 +100,7 @@ def test_fewshot_evaluate_on_model_features():
     results = fewshot_evaluate(model, batches, batches, shots=(1, 5), num_draws=2)
     assert results["fewshot"][5].mean == 1.0 and results["linear_probe"] == 1.0
     report = format_results(results)
-    assert "5-shot linear accuracy: 100.00%" in report and "linear probe" in report
+    assert "5-shot linear accuracy:    100.00%" in report and "linear probe accuracy:     100.00%" in report
 
 
 def test_parse_shots():
@@ -108,3 +108,26 @@ def test_parse_shots():
     for bad in ("", "a,b", "0,5", "-1"):
         with pytest.raises(ValueError, match="--few-shot"):
             parse_shots(bad)
+
+
+def test_eval_command_few_shot_flag(tmp_path, capsys):
+    import json
+
+    from vitkit.cli import main
+
+    model = vitkit.create_model("ViT-Ti/16", num_classes=10, image_size=8, patch_size=4, width=16, depth=1,
+                                num_heads=2, mlp_dim=16)
+    model.class_names = [str(d) for d in range(10)]
+    vitkit.save(model, tmp_path / "digits.safetensors")
+    code = main(["eval", "--checkpoint", str(tmp_path / "digits.safetensors"), "--data", "digits", "--few-shot",
+                 "1,5", "--few-shot-draws", "2", "--out", str(tmp_path / "eval"), "--no-progress",
+                 "--num-workers", "0", "--limit-per-class", "10"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "1-shot linear accuracy" in printed and "5-shot linear accuracy" in printed and "linear probe" in printed
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(report["few_shot"]) == {"1", "5"} and len(report["few_shot"]["5"]["draws"]) == 2
+    assert 0.1 < report["linear_probe"] <= 1.0  # a random tiny model's features still beat chance on digits
+    bad = main(["eval", "--checkpoint", str(tmp_path / "digits.safetensors"), "--data", "digits", "--few-shot",
+                "0,5", "--out", str(tmp_path / "eval")])
+    assert bad == 2 and "--few-shot" in capsys.readouterr().err

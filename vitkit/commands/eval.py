@@ -41,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
     p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--few-shot", metavar="K,K,...", help="also the paper's few-shot linear evaluation (e.g. 1,5,10,25: "
+                   "least squares from frozen features to {-1,1} on K training images per class, averaged over "
+                   "draws) and a linear probe, on the data's training split")
+    p.add_argument("--few-shot-draws", type=int, default=5, help="random draws of the K shots to average (default 5)")
     p.set_defaults(func=run)
 
 
@@ -82,7 +86,12 @@ def run(args) -> int:
         return getattr(run_config, name) if same_data else fallback
 
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    splits = open_data(str(data), want_train=False, want_val=True, val_split=val_split,
+    shots = None
+    if args.few_shot:
+        from ..eval.fewshot import parse_shots
+
+        shots = parse_shots(args.few_shot)
+    splits = open_data(str(data), want_train=shots is not None, want_val=True, val_split=val_split,
                        val_fraction=pick("val_fraction", 0.1), val_per_class=pick("val_per_class", None),
                        split_seed=pick("split_seed", 0), limit_per_class=args.limit_per_class,
                        max_bad_fraction=args.max_bad_fraction, flat_eval=flat_eval, log=say,
@@ -116,6 +125,17 @@ def run(args) -> int:
         "skipped_files": [p for p, _ in splits.bad_files],
         "confusion_png": str(png),
     }
+    if shots is not None:
+        from ..eval.fewshot import fewshot_evaluate, format_results
+
+        if splits.train is None or len(splits.train) == 0:
+            raise UsageError(f"--few-shot needs a training split of --data {data} to draw the shots from")
+        few = fewshot_evaluate(model, eval_batches(model, splits.train, args.batch_size, args.num_workers),
+                               eval_batches(model, images, args.batch_size, args.num_workers), shots=shots,
+                               num_draws=args.few_shot_draws, device=device)
+        report["few_shot"] = {str(k): {"mean": r.mean, "std": r.std, "draws": r.accuracies}
+                              for k, r in few["fewshot"].items()}
+        report["linear_probe"] = few["linear_probe"]
     from ..checkpoints.io import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
@@ -131,5 +151,8 @@ def run(args) -> int:
         print(f"    {name:<{width}}  {shown}  ({int(total)} images)")
     if splits.bad_files:
         print(f"  skipped {len(splits.bad_files)} unreadable file(s)")
+    if shots is not None:
+        print("  few-shot (frozen features, training split -> " + splits.val_name + "):")
+        print("\n".join("    " + line for line in format_results(few).splitlines()))
     print(f"  wrote {out / 'results.json'} and {png}")
     return 0

@@ -181,9 +181,11 @@ def format_results(results: dict) -> str:
     """The report `vitkit eval --few-shot` prints."""
     lines = []
     for k, r in results["fewshot"].items():
-        lines.append(f"{k:>3}-shot linear accuracy: {100 * r.mean:6.2f}% +- {100 * r.std:.2f} "
+        label = f"{k}-shot linear accuracy:"
+        lines.append(f"{label:<27}{100 * r.mean:6.2f}% +- {100 * r.std:.2f} "
                      f"(mean +- std over {len(r.accuracies)} draws, {results['num_test']} test images)")
     if results.get("linear_probe") is not None:
-        lines.append(f"linear probe accuracy:     {100 * results['linear_probe']:6.2f}% "
+        label = "linear probe accuracy:"
+        lines.append(f"{label:<27}{100 * results['linear_probe']:6.2f}% "
                      f"(logistic regression on {results['num_train']} training images)")
     return "\n".join(lines)
