@@ -281,6 +281,12 @@ def test_command_line_overrides(tmp_path, capsys):
     config = json.loads(capsys.readouterr().out)
     assert config["lr"] == 3e-4 and config["depth"] == 2 and config["mean"] == [0.1, 0.2, 0.3]
     assert config["hflip"] is False and config["compile"] is True and config["recipe"] == "cifar10"
+    assert main(["train", "--model", "ViT-S/16", "--print-config"]) == 0  # the variant's shape, not the recipe's
+    variant = json.loads(capsys.readouterr().out)
+    assert variant["model"] == "ViT-S/16" and variant["width"] is None and variant["image_size"] is None
+    assert main(["train", "--model", "ViT-S/16", "--depth", "2", "--image-size", "32", "--print-config"]) == 0
+    variant = json.loads(capsys.readouterr().out)
+    assert variant["depth"] == 2 and variant["width"] is None and variant["image_size"] == 32
     assert main(["train", "--smoke", "--print-config"]) == 0
     smoke = json.loads(capsys.readouterr().out)
     assert smoke["steps"] == 4 and smoke["width"] == 32 and smoke["recipe"] == "digits"

@@ -71,6 +71,11 @@ def resolve(args):
         config = main_job(overrides)
     else:
         config = load_recipe(args.default_recipe, overrides)
+    if "model" in overrides and not resume and not config.init_from:
+        # a variant named on the command line brings its own shape (and its own resolution unless --image-size)
+        from ..train.config import ARCHITECTURE_FIELDS
+
+        config = config.replace(**{k: None for k in (*ARCHITECTURE_FIELDS, "image_size") if k not in overrides})
     if config.init_from and not resume:
         # The architecture comes from the checkpoint, not from the recipe; so does the resolution, except in a
         # fine-tuning recipe (reset_head), where it is the fine-tuning resolution.

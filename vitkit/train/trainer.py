@@ -127,8 +127,9 @@ def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
 
 # ---------------------------------------------------------------------------------------- random state
 def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+             "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -140,7 +141,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "python" in state:
         random.setstate((3, tuple(int(v) for v in state["python"]), None))
     if "numpy" in state:
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state.get("numpy_pos", 624)),
+                             0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
