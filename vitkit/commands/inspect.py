@@ -134,7 +134,7 @@ def _attention(args) -> int:
 
 
 def _distance(args) -> int:
-    from ..inspect import find_images, image_batches, mean_attention_distance
+    from ..inspect import find_images, image_batches, mean_attention_distance, patch_distances
     from ..inspect.attention import effective_patch_size
     from ..inspect.plots import plot_attention_distance
 
@@ -145,13 +145,15 @@ def _distance(args) -> int:
     files = find_images(args.data, limit=args.num_images, seed=args.seed)
     batches = (batch.to(device) for batch in image_batches(files, model, args.batch_size))
     distances = mean_attention_distance(model, batches)  # (layers, heads)
-    plot_attention_distance(distances, args.out, image_size=model.preprocessing.image_size)
     patch = effective_patch_size(model)
+    uniform = float(patch_distances(model.grid_size, patch).mean())  # what attention spread evenly would give
+    plot_attention_distance(distances, args.out, image_size=model.preprocessing.image_size, uniform=uniform)
     print(f"mean attention distance in pixels over {len(files)} images ({tuple(model.preprocessing.image_size)} px "
           f"input, {patch[0]}x{patch[1]} px patches):")
     print(f"{'layer':>5} {'min':>7} {'mean':>7} {'max':>7}")
     for layer, row in enumerate(distances):
         print(f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}")
+    print(f"(uniform attention would give {uniform:.1f} px)")
     print(f"wrote {args.out}")
     _write_arrays(args, mean_attention_distance=distances)
     return 0

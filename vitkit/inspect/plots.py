@@ -105,9 +105,9 @@ def plot_class_token_attention(pixels: np.ndarray, maps: np.ndarray, path, layer
 
 
 def plot_attention_distance(distances: np.ndarray, path, image_size: tuple[int, int] | None = None,
-                            layers: list[int] | None = None) -> Path:
+                            layers: list[int] | None = None, uniform: float | None = None) -> Path:
     """The paper's Figure 7 right: mean attention distance of every head against network depth.
-    distances (layers, heads) in pixels."""
+    distances (layers, heads) in pixels; `uniform`, the distance of uniform attention, drawn as a dashed line."""
     num_layers, num_heads = distances.shape
     depth = np.arange(num_layers) if layers is None else np.asarray(layers)
     figure = _figure(5.0, 4.0)
@@ -117,6 +117,8 @@ def plot_attention_distance(distances: np.ndarray, path, image_size: tuple[int, 
     cmap = colormaps["tab20"] if num_heads > 10 else colormaps["tab10"]
     for head in range(num_heads):
         axes.scatter(depth, distances[:, head], s=14, color=cmap(head % cmap.N), label=f"head {head}")
+    if uniform is not None:
+        axes.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     top = 1.05 * float(np.max(distances)) if distances.size else 1.0
     if image_size is not None:  # half the image diagonal, or more where a head looks further
         top = max(top, float(np.hypot(*image_size)) / 2)
