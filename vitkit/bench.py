@@ -6,7 +6,8 @@ runs alternate between implementations (A B C A B C ...), so that a slow spell o
 the table gives medians and the speedup of vitkit over each row (row's median time / vitkit's).
 
 The machine's ceilings are measured too: a large float32 and bfloat16 matrix product (on the CPU the best of
-`torch.mm` and oneDNN), and each row's achieved GFLOP/s (forward FLOPs counted by `vitkit.count_flops`, a
+`torch.mm` and oneDNN, chosen at the start, then timed again inside the alternating rounds of every table, so that
+a busy spell of the machine lowers the ceiling and the rows alike), and each row's achieved GFLOP/s (forward FLOPs counted by `vitkit.count_flops`, a
 multiply-add as 2; a training step counted as 3 forwards) is given as a fraction of the ceiling of its precision.
 
 Peak memory: on the CPU, the rise of the process's resident set (VmHWM - VmRSS, after resetting the high-water mark
@@ -96,12 +97,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call."""
     _sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _proc_status_kb(field_name: str) -> int | None:
@@ -160,28 +162,35 @@ def model_bytes(module: nn.Module) -> int:
     return total
 
 
-def matmul_ceiling(dtype: torch.dtype, device: torch.device, repeats: int = 5, size: int | None = None) -> dict:
-    """GFLOP/s of a large square matrix product: median over `repeats` per backend, and the best backend's."""
+def ceiling_products(dtype: torch.dtype, device: torch.device, size: int | None = None) -> tuple[dict, int]:
+    """Closures computing one large square matrix product per backend (the CPU: torch.mm, i.e. MKL for float32,
+    and oneDNN), and the FLOPs of one."""
     n = size or (4096 if device.type == "cuda" else 2048)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    backends = {"torch.mm": lambda: torch.mm(a, b)}
+    products = {"torch.mm": lambda: torch.mm(a, b)}
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         if dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported():
             bt = b.t().contiguous()  # oneDNN's dense kernel takes (out, in) weights
-            backends["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
-    times = {name: [] for name in backends}
+            products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    return products, 2 * n**3
+
+
+def matmul_ceiling(dtype: torch.dtype, device: torch.device, repeats: int = 5, size: int | None = None) -> dict:
+    """GFLOP/s of a large square matrix product: median over `repeats` per backend, and the best backend's."""
+    products, flops = ceiling_products(dtype, device, size)
+    times = {name: [] for name in products}
     with torch.inference_mode():
-        for fn in backends.values():
+        for fn in products.values():
             fn()
         for _ in range(repeats):
-            for name, fn in backends.items():  # alternate the backends, like the implementations
-                times[name].append(_timed(fn, device))
-    flops = 2 * n**3
+            for name, fn in products.items():  # alternate the backends, like the implementations
+                times[name].append(_timed(fn, device)[0])
     per_backend = {name: flops / statistics.median(ts) / 1e9 for name, ts in times.items()}
     best = max(per_backend, key=per_backend.get)
-    return {"size": n, "gflops": per_backend[best], "backend": best, "per_backend": per_backend}
+    size = size or (4096 if device.type == "cuda" else 2048)
+    return {"size": size, "gflops": per_backend[best], "backend": best, "per_backend": per_backend}
 
 
 # ------------------------------------------------------------------------------------------------ implementations
@@ -415,6 +424,22 @@ def _compare(logits: torch.Tensor, reference: torch.Tensor) -> dict:
     return {"rel_err": rel, "top1_agreement": agree}
 
 
+def _ceiling_runs(ceilings: dict, precisions, device: torch.device, size: int | None) -> dict:
+    """For each precision, a closure running the ceiling's best backend, and its FLOPs: timed in the same
+    alternating rounds as the implementations, so that the fraction of the ceiling compares like with like."""
+    runs = {}
+    for precision in sorted(set(precisions) & set(ceilings)):
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        products, flops = ceiling_products(dtype, device, size)
+        fn = products[ceilings[precision]["backend"]]
+
+        def run(fn=fn):
+            with torch.inference_mode():
+                fn()
+        runs[precision] = (run, flops)
+    return runs
+
+
 def _measure(candidates: list[Candidate], settings: BenchSettings, device: torch.device, images_per_call: int,
              flops_per_call: int, ceilings: dict, reference_logits: torch.Tensor | None, task: str) -> list[dict]:
     outputs = {}
@@ -423,22 +448,31 @@ def _measure(candidates: list[Candidate], settings: BenchSettings, device: torch
             out = c.run()
             if w == 0 and reference_logits is not None:
                 outputs[i] = _compare(out, reference_logits)
+    ceiling_runs = _ceiling_runs(ceilings, [c.precision for c in candidates], device, settings.ceiling_size)
+    ceiling_times = {p: [] for p in ceiling_runs}
     times = {i: [] for i in range(len(candidates))}
+    cpu_times = {i: [] for i in range(len(candidates))}
     for _ in range(settings.repeats):
+        for precision, (run, _) in ceiling_runs.items():
+            ceiling_times[precision].append(_timed(run, device)[0])
         for i, c in enumerate(candidates):  # A B C A B C ...
-            times[i].append(_timed(c.run, device))
+            wall, cpu = _timed(c.run, device)
+            times[i].append(wall)
+            cpu_times[i].append(cpu)
+    ceiling_gflops = {p: ceiling_runs[p][1] / statistics.median(ts) / 1e9 for p, ts in ceiling_times.items()}
     memory = {i: peak_memory(c.run, device) if settings.memory else None for i, c in enumerate(candidates)}
     reference_median = {c.precision: statistics.median(times[i]) for i, c in enumerate(candidates) if c.reference}
     rows = []
     for i, c in enumerate(candidates):
         median = statistics.median(times[i])
         gflops = flops_per_call / median / 1e9
-        ceiling = ceilings.get(c.precision, {}).get("gflops") if c.precision in ("fp32", "bf16") else None
+        ceiling = ceiling_gflops.get(c.precision)
         row = {
             "task": task, "implementation": c.impl, "regime": c.regime, "precision": c.precision,
             "median_s": median, "min_s": min(times[i]), "max_s": max(times[i]), "times_s": times[i],
-            "images_per_s": images_per_call / median, "vitkit_speedup": median / reference_median[c.precision],
-            "gflops": gflops, "fraction_of_ceiling": gflops / ceiling if ceiling else None,
+            "cpu_times_s": cpu_times[i], "images_per_s": images_per_call / median,
+            "vitkit_speedup": median / reference_median[c.precision], "gflops": gflops,
+            "ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling if ceiling else None,
             "peak_memory_bytes": memory[i], "weights_bytes": c.weights_bytes, "compile_seconds": c.compile_seconds,
         }
         if i in outputs:
@@ -530,8 +564,9 @@ def format_report(report: dict) -> str:
         f"{s['repeats']} alternating rounds after {s['warmup']} warm-up calls",
         f"machine: {machine.get('gpu') or machine.get('cpu', '?')}, {machine['threads']} threads, "
         f"torch {machine['torch']}",
-        "ceilings: " + ", ".join(f"{p} {c['gflops']:,.0f} GFLOP/s ({c['backend']}, {c['size']}^3 product)"
-                                 for p, c in report["ceilings"].items()),
+        "ceilings at the start: " + ", ".join(
+            f"{p} {c['gflops']:,.0f} GFLOP/s ({c['backend']}, {c['size']}^3 product)"
+            for p, c in report["ceilings"].items()),
     ]
     header = (f"{'task':<8} {'impl':<12} {'regime':<44} {'median':>9} {'img/s':>8} {'vitkit x':>8} {'spread':>7} "
               f"{'GFLOP/s':>8} {'%ceil':>6} {'peak MB':>8} {'wts MB':>7} {'rel err':>8} {'top-1':>6}")
@@ -539,7 +574,10 @@ def format_report(report: dict) -> str:
     for r in report["results"]:
         if (r["task"], r["precision"]) != current:
             current = (r["task"], r["precision"])
-            lines += ["", f"{TASK_TITLES[r['task']]}, {r['precision']}", header]
+            title = f"{TASK_TITLES[r['task']]}, {r['precision']}"
+            if r.get("ceiling_gflops"):
+                title += f" (ceiling in the same rounds: {r['ceiling_gflops']:,.0f} GFLOP/s)"
+            lines += ["", title, header]
         unit = f"{r['median_s'] * 1e3:,.1f}ms"
         spread = (r["max_s"] - r["min_s"]) / r["median_s"]
         ceil = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.0f}%"
