@@ -360,3 +360,19 @@ def test_mean_attention_distance_counts_pixels_of_the_effective_patch_for_hybrid
     got = mean_attention_distance(dynamic, torch.randn(1, 3, 24, 16))  # a 6x4 grid of 4 px patches
     np.testing.assert_allclose(got, [[brute_force_mean_distance((6, 4), (4, 4))]], rtol=1e-6)
     assert attention_rollout(dynamic, torch.randn(1, 3, 24, 16)).shape == (1, 6, 4)
+
+
+def test_load_images_centre_crops_for_crop_pct_below_one(tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (20, 0, 40, 20))  # right half blue
+    image.save(tmp_path / "halves.png")
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=8, patch_size=4, width=8, depth=1,
+                                num_heads=1, mlp_dim=4)
+    model.preprocessing.crop_pct = 0.5  # shorter side to 16 px (32x16), then the central 8x8: 4 red, 4 blue columns
+    batch, pixels = load_images([tmp_path / "halves.png"], model)
+    assert batch.shape == (1, 3, 8, 8)
+    np.testing.assert_array_equal(pixels[0, 4, :2], [[255, 0, 0]] * 2)
+    np.testing.assert_array_equal(pixels[0, 4, -2:], [[0, 0, 255]] * 2)
+    np.testing.assert_allclose(batch[0, 0, 4, 0].item(), 1.0, atol=1e-6)  # red, (1 - 0.5) / 0.5

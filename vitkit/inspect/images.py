@@ -1,5 +1,5 @@
 """Image files -> the tensors a model expects, as `model.preprocessing` says (size, crop, mean, std), and the
-resized pixels to draw maps over."""
+resized pixels to draw maps over; and finding the images of a folder."""
 
 from __future__ import annotations
 
@@ -17,56 +17,41 @@ from ..errors import UsageError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
-def _resample(name: str):
-    from PIL import Image
-
-    methods = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-               "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
-    return methods.get(name, Image.Resampling.BILINEAR)
-
-
-def read_image(path: str | os.PathLike, preprocessing: Preprocessing, channels: int = 3) -> np.ndarray:
-    """One file resized (and centre-cropped if crop_pct < 1) to the model's size: uint8 (H, W, channels)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            height, width = preprocessing.image_size
-            crop = preprocessing.crop_pct or 1.0
-            scaled = (max(round(height / crop), height), max(round(width / crop), width))
-            image = image.resize((scaled[1], scaled[0]), _resample(preprocessing.interpolation))
-            top, left = (scaled[0] - height) // 2, (scaled[1] - width) // 2
-            image = image.crop((left, top, left + width, top + height))
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"cannot read image {path}: {e}") from None
-    return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
-def to_tensor(pixels: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 (B, H, W, C) or (H, W, C) -> float (B, C, H, W) or (C, H, W), scaled to [0, 1] then normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
-    x = x.movedim(-1, -3)  # channels first
-    channels = x.shape[-3]
-    mean = torch.tensor(preprocessing.mean[:channels]).view(channels, 1, 1)
-    std = torch.tensor(preprocessing.std[:channels]).view(channels, 1, 1)
-    return (x - mean) / std
-
-
 def load_images(paths: Sequence[str | os.PathLike], model) -> tuple[torch.Tensor, np.ndarray]:
-    """Files -> (preprocessed batch (B, C, H, W) for `model`, the resized pixels uint8 (B, H, W, C))."""
+    """Files -> (preprocessed batch (B, 3, H, W) for `model`, the same pixels as uint8 (B, H, W, 3) to draw on).
+
+    Preprocessing is the evaluation transform of `vitkit.data` (resize, or resize and centre-crop for crop_pct < 1,
+    then the checkpoint's mean and std), so the maps describe exactly what `vitkit eval` and `predict` see.
+    """
+    from ..data.datasets import read_image
+    from ..data.transforms import eval_transform
+
     if not paths:
         raise UsageError("no images given")
-    channels = model.config.in_channels
-    if channels not in (1, 3):
-        raise UsageError(f"the model takes {channels}-channel input; image files give 1 or 3 channels")
-    pixels = np.stack([read_image(p, model.preprocessing, channels) for p in paths])
-    return to_tensor(pixels, model.preprocessing), pixels
+    if model.config.in_channels != 3:
+        raise UsageError(f"the model takes {model.config.in_channels}-channel input; image files are read as RGB")
+    transform = eval_transform(model.preprocessing)
+    tensors = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read image {path}: {e}") from None
+        tensors.append(transform(image))
+    batch = torch.stack(tensors)  # (B, 3, H, W)
+    return batch, to_pixels(batch, model.preprocessing)
+
+
+def to_pixels(batch: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
+    """Undo the normalisation: (B, C, H, W) -> uint8 (B, H, W, C)."""
+    channels = batch.shape[1]
+    mean = torch.tensor(preprocessing.mean[:channels]).view(1, channels, 1, 1)
+    std = torch.tensor(preprocessing.std[:channels]).view(1, channels, 1, 1)
+    pixels = (batch * std + mean).clamp(0, 1) * 255.0
+    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def find_images(folder: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[Path]:
