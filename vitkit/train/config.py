@@ -108,6 +108,8 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     compile_backend: str = _f("inductor", "torch.compile backend")
     device: str = _f("auto", "auto (GPU when there is one), cpu, cuda or cuda:N")
+    threads: int = _f(0, "CPU threads of each process for the model's math; 0: PyTorch's choice (all cores, shared "
+                      "among the processes of a machine under torchrun)")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
 
     # ---------------------------------------------------------------------------------------------- run
@@ -321,7 +323,7 @@ DIGITS_RECIPE: dict[str, Any] = {
     'data': 'digits', 'model': 'ViT-Ti/4', 'image_size': 16, 'width': 64, 'depth': 4, 'num_heads': 4,
     'mlp_dim': 128, 'crop': 'inception', 'crop_min_area': 0.6, 'hflip': False, 'optimizer': 'adam', 'lr': 0.002,
     'weight_decay': 0.05, 'schedule': 'cosine', 'warmup_steps': 0, 'warmup_epochs': 3, 'batch_size': 128,
-    'epochs': 80, 'eval_every': 220, 'checkpoint_every': 440, 'log_every': 10,
+    'epochs': 80, 'threads': 1, 'eval_every': 220, 'checkpoint_every': 440, 'log_every': 10,
 }
 
 

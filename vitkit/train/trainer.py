@@ -262,6 +262,8 @@ class _Run:
         run_dir, chosen = self.resolve_run_dir()
         resume_ckpt = self.load_resume_checkpoint(run_dir, chosen) if self.resume else None
         torch.manual_seed(c.seed)
+        if c.threads > 0:
+            torch.set_num_threads(c.threads)
 
         # data
         splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
@@ -400,7 +402,8 @@ class _Run:
                 if weights == "ema":
                     ema.copy_to(ema_model)
                 counts = evaluate(net, val_batches, num_classes, device, c.precision,
-                                  progress=c.progress and self.main, desc=f"eval {splits.val_name}",
+                                  progress=c.progress and self.main and len(val_batches) >= 20,
+                                  desc=f"eval {splits.val_name}",
                                   total=len(val_batches))
                 distributed.all_reduce_sum(counts.tensors(), info)
                 result = counts.result()
