@@ -93,3 +93,14 @@ def test_torchvision_adapter_gives_the_same_logits():
             assert torch.allclose(peer(images), model(images), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="pool='gap'"):
         torchvision_kwargs(vitkit.create_model("ViT-Ti/16", pool="gap").config)
+
+
+def test_checkpoint_weights_are_the_ones_measured(tmp_path):
+    model = randomize_(vitkit.create_model("ViT-Ti/16", image_size=32, num_classes=5, patch_size=8, **TINY))
+    vitkit.save(model, tmp_path / "tiny.safetensors")
+    report = run_benchmark(tiny_settings(checkpoint=str(tmp_path / "tiny.safetensors"), num_classes=None,
+                                         overrides={}, peers=("timm",), plain=False, memory=False))
+    assert report["config"]["width"] == 32 and report["config"]["num_classes"] == 5
+    assert [r["implementation"] for r in report["results"]] == ["vitkit", "timm"]
+    assert all(r["rel_err"] < 1e-5 for r in report["results"])
+    assert "tiny.safetensors" in format_report(report)

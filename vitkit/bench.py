@@ -205,7 +205,6 @@ class Candidate:
     weights_bytes: int
     reference: bool = False  # the vitkit row the group's ratios are computed against
     compile_seconds: float | None = None
-    note: str = ""
 
 
 def _installed(name: str) -> bool:
@@ -284,7 +283,11 @@ def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Mod
         rows.append(Candidate("vitkit", "bf16 weights (cast once), fast path", precision,
                               frozen(fast, vitkit_forward, images), model_bytes(fast), reference=True))
         if settings.plain:
-            plain_autocast = lambda: _both(plain_path(), autocast())  # noqa: E731
+            @contextlib.contextmanager
+            def plain_autocast():
+                with plain_path(), autocast():
+                    yield
+
             rows.append(Candidate("vitkit", "autocast bf16, plain path", precision,
                                   frozen(model, vitkit_forward, images, plain_autocast), model_bytes(model)))
         for name, (peer, forward) in peers.items():
@@ -312,22 +315,14 @@ def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Mod
         with torch.inference_mode():
             compiled(images)  # compiles
         seconds = time.perf_counter() - start
-        regime = "fp32, fast path + torch.compile" if precision == "fp32" else "bf16 weights + torch.compile"
+        regime = f"{'fp32' if precision == 'fp32' else 'bf16 weights'}, torch.compile (inductor, frozen weights)"
         rows.insert(1, Candidate("vitkit", regime, precision, frozen(compiled, vitkit_forward, images),
                                  model_bytes(compiled), compile_seconds=seconds))
-    for row in rows:
-        row.weights_bytes = int(row.weights_bytes)
     return rows
 
 
-@contextlib.contextmanager
-def _both(first, second):
-    with first, second:
-        yield
-
-
 def _train_step(module: nn.Module, forward, images, labels, precision: str, device: torch.device,
-                fused: bool, context=contextlib.nullcontext) -> Callable[[], float]:
+                fused: bool, context=contextlib.nullcontext) -> Callable[[], torch.Tensor]:
     """One training step closure: forward (under bf16 autocast for precision bf16), cross-entropy, backward, AdamW."""
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.05, fused=True if fused else None)
@@ -402,16 +397,20 @@ def loss_trajectories(settings: BenchSettings, precision: str, model: nn.Module,
 
 # ------------------------------------------------------------------------------------------------ the benchmark
 def build_model(settings: BenchSettings) -> nn.Module:
-    """The weights every implementation gets: a checkpoint's, or vitkit's initialisation (seeded) with a random
-    head instead of the zero one, so that the logits, and their comparison across implementations, mean something."""
+    """The weights every implementation gets: a checkpoint's, or vitkit's initialisation (seeded); a new head (a
+    fresh model's, or a checkpoint's given --num-classes) is drawn at random instead of zero, so that the logits,
+    and their comparison across implementations, mean something."""
+    torch.manual_seed(settings.seed)
     if settings.checkpoint:
         from .checkpoints import load
 
-        return load(settings.checkpoint, num_classes=settings.num_classes, image_size=settings.image_size).eval()
-    torch.manual_seed(settings.seed)
-    model = create_model(settings.model, num_classes=settings.num_classes, image_size=settings.image_size,
-                         **settings.overrides)
-    if isinstance(model.head, nn.Linear):
+        model = load(settings.checkpoint, num_classes=settings.num_classes, image_size=settings.image_size)
+        new_head = settings.num_classes is not None
+    else:
+        model = create_model(settings.model, num_classes=settings.num_classes, image_size=settings.image_size,
+                             **settings.overrides)
+        new_head = True
+    if new_head and isinstance(model.head, nn.Linear):
         with torch.no_grad():
             nn.init.normal_(model.head.weight, std=0.02)
     return model.eval()
@@ -506,6 +505,8 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     notes: list[str] = []
+    if settings.checkpoint and settings.overrides:
+        notes.append("the checkpoint fixes the architecture: --set overrides ignored")
     model = build_model(settings).to(device)
     config: ViTConfig = model.config
     peers = {name: (peer.to(device).eval(), fwd) for name, (peer, fwd) in _peer_models(settings, model, notes).items()}
@@ -559,7 +560,7 @@ def _mb(n: int | None) -> str:
 def format_report(report: dict) -> str:
     s, machine, config = report["settings"], report["machine"], report["config"]
     lines = [
-        f"vitkit bench: {s['model']} at {config['image_size'][0]}x{config['image_size'][1]}, {config['depth']} blocks, "
+        f"vitkit bench: {s['checkpoint'] or s['model']} at {config['image_size'][0]}x{config['image_size'][1]}, {config['depth']} blocks, "
         f"width {config['width']}, {config['num_heads']} heads; batch {s['batch_size']} (latency: batch 1); "
         f"{s['repeats']} alternating rounds after {s['warmup']} warm-up calls",
         f"machine: {machine.get('gpu') or machine.get('cpu', '?')}, {machine['threads']} threads, "
