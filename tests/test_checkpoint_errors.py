@@ -229,3 +229,14 @@ def test_pickle_module_not_used_for_npz(tmp_path, npz, monkeypatch):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(pickle, "load", forbidden)
     vitkit.load(path)
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    """Atomic writes go through a private temporary file, but the result has the mode open() would give."""
+    import os
+
+    model = vitkit.create_model("ViT-Ti/16", num_classes=3, image_size=32, depth=1)
+    path = vitkit.save(model, tmp_path / "m.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

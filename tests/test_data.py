@@ -19,7 +19,6 @@ from vitkit.data import (StepBatchSampler, TransformedImages, detect_layout, eva
                          open_data, scan_image_folder, train_transform)
 from vitkit.errors import UsageError
 
-torch.set_num_threads(1)  # tiny tensors; two test processes share two cores
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar.gz"

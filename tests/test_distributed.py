@@ -17,7 +17,6 @@ from vitkit.train.trainer import train
 
 from test_train import TINY, tiny_config
 
-torch.set_num_threads(1)
 
 
 def torchrun() -> list[str]:

@@ -18,7 +18,6 @@ from vitkit.train.trainer import train
 from test_data import write_image_folder
 from test_train import tiny_config
 
-torch.set_num_threads(1)
 
 
 def quiet(message):

@@ -15,7 +15,6 @@ from vitkit.train.trainer import train
 from test_data import class_image, truncated_jpeg, write_image_folder
 from test_train import tiny_config
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from vitkit.train.trainer import TrainingError, load_run_config, train
 
 from test_data import CIFAR_TAR, extract_cifar_subset, truncated_jpeg, write_image_folder
 
-torch.set_num_threads(1)
 
 TINY = dict(model="ViT-Ti/4", image_size=8, patch_size=4, width=32, depth=1, num_heads=2, mlp_dim=64)
 
