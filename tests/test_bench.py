@@ -37,7 +37,9 @@ def test_inference_rows_ratios_and_same_function():
         assert r["rel_err"] < 1e-5 and r["top1_agreement"] == 1.0  # same weights, same function
     assert report["ceilings"]["fp32"]["gflops"] > 0
     table = format_report(report)
-    assert "inference throughput, fp32" in table and "torchvision" in table and "vitkit x" in table
+    assert "inference throughput, fp32" in table and "torchvision" in table and "x pair" in table
+    for r in rows:
+        assert math.isfinite(r["vitkit_speedup_paired"]) and math.isfinite(r["vitkit_speedup_best"])
 
 
 def test_cli_writes_json_with_training_and_loss_trajectories(tmp_path, capsys):

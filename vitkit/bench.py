@@ -441,6 +441,8 @@ def _ceiling_runs(ceilings: dict, precisions, device: torch.device, size: int | 
 
 def _measure(candidates: list[Candidate], settings: BenchSettings, device: torch.device, images_per_call: int,
              flops_per_call: int, ceilings: dict, reference_logits: torch.Tensor | None, task: str) -> list[dict]:
+    """Warm up, then `repeats` rounds: the ceilings' products, then every candidate once, in A B C order in even
+    rounds and C B A in odd ones (so that a drift of the machine's speed within rounds favours no one)."""
     outputs = {}
     for i, c in enumerate(candidates):
         for w in range(max(settings.warmup, 1)):
@@ -451,29 +453,38 @@ def _measure(candidates: list[Candidate], settings: BenchSettings, device: torch
     ceiling_times = {p: [] for p in ceiling_runs}
     times = {i: [] for i in range(len(candidates))}
     cpu_times = {i: [] for i in range(len(candidates))}
-    for _ in range(settings.repeats):
+    for round_index in range(settings.repeats):
         for precision, (run, _) in ceiling_runs.items():
             ceiling_times[precision].append(_timed(run, device)[0])
-        for i, c in enumerate(candidates):  # A B C A B C ...
-            wall, cpu = _timed(c.run, device)
+        order = range(len(candidates)) if round_index % 2 == 0 else reversed(range(len(candidates)))
+        for i in order:
+            wall, cpu = _timed(candidates[i].run, device)
             times[i].append(wall)
             cpu_times[i].append(cpu)
-    ceiling_gflops = {p: ceiling_runs[p][1] / statistics.median(ts) / 1e9 for p, ts in ceiling_times.items()}
     memory = {i: peak_memory(c.run, device) if settings.memory else None for i, c in enumerate(candidates)}
-    reference_median = {c.precision: statistics.median(times[i]) for i, c in enumerate(candidates) if c.reference}
+    reference = {c.precision: i for i, c in enumerate(candidates) if c.reference}
     rows = []
     for i, c in enumerate(candidates):
-        median = statistics.median(times[i])
-        gflops = flops_per_call / median / 1e9
-        ceiling = ceiling_gflops.get(c.precision)
+        ref = times[reference[c.precision]]
+        median, best = statistics.median(times[i]), min(times[i])
         row = {
             "task": task, "implementation": c.impl, "regime": c.regime, "precision": c.precision,
-            "median_s": median, "min_s": min(times[i]), "max_s": max(times[i]), "times_s": times[i],
+            "median_s": median, "min_s": best, "max_s": max(times[i]), "times_s": times[i],
             "cpu_times_s": cpu_times[i], "images_per_s": images_per_call / median,
-            "vitkit_speedup": median / reference_median[c.precision], "gflops": gflops,
-            "ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling if ceiling else None,
+            # vitkit's speedup over this row: ratio of medians; median of the ratios within each round (paired);
+            # ratio of the best times (what each does when the machine is least disturbed)
+            "vitkit_speedup": median / statistics.median(ref),
+            "vitkit_speedup_paired": statistics.median(t / r for t, r in zip(times[i], ref)),
+            "vitkit_speedup_best": best / min(ref),
+            "gflops": flops_per_call / median / 1e9, "gflops_best": flops_per_call / best / 1e9,
+            "ceiling_gflops": None, "fraction_of_ceiling": None, "fraction_of_ceiling_best": None,
             "peak_memory_bytes": memory[i], "weights_bytes": c.weights_bytes, "compile_seconds": c.compile_seconds,
         }
+        if c.precision in ceiling_runs:
+            flops, ts = ceiling_runs[c.precision][1], ceiling_times[c.precision]
+            row["ceiling_gflops"] = flops / statistics.median(ts) / 1e9
+            row["fraction_of_ceiling"] = row["gflops"] / row["ceiling_gflops"]
+            row["fraction_of_ceiling_best"] = row["gflops_best"] / (flops / min(ts) / 1e9)
         if i in outputs:
             row.update(outputs[i])
         rows.append(row)
@@ -562,32 +573,37 @@ def format_report(report: dict) -> str:
     lines = [
         f"vitkit bench: {s['checkpoint'] or s['model']} at {config['image_size'][0]}x{config['image_size'][1]}, {config['depth']} blocks, "
         f"width {config['width']}, {config['num_heads']} heads; batch {s['batch_size']} (latency: batch 1); "
-        f"{s['repeats']} alternating rounds after {s['warmup']} warm-up calls",
+        f"{s['repeats']} alternating rounds (A B C, then C B A) after {s['warmup']} warm-up calls",
         f"machine: {machine.get('gpu') or machine.get('cpu', '?')}, {machine['threads']} threads, "
         f"torch {machine['torch']}",
         "ceilings at the start: " + ", ".join(
             f"{p} {c['gflops']:,.0f} GFLOP/s ({c['backend']}, {c['size']}^3 product)"
             for p, c in report["ceilings"].items()),
     ]
-    header = (f"{'task':<8} {'impl':<12} {'regime':<44} {'median':>9} {'img/s':>8} {'vitkit x':>8} {'spread':>7} "
-              f"{'GFLOP/s':>8} {'%ceil':>6} {'peak MB':>8} {'wts MB':>7} {'rel err':>8} {'top-1':>6}")
+    header = (f"{'impl':<12} {'regime':<42} {'median':>10} {'best':>10} {'img/s':>7} {'x med':>6} {'x pair':>6} "
+              f"{'x best':>6} {'spread':>6} {'GFLOP/s':>7} {'%ceil':>5} {'%best':>5} {'peakMB':>6} {'wtsMB':>6} "
+              f"{'rel err':>7} {'top-1':>5}")
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
     current = None
     for r in report["results"]:
         if (r["task"], r["precision"]) != current:
             current = (r["task"], r["precision"])
             title = f"{TASK_TITLES[r['task']]}, {r['precision']}"
             if r.get("ceiling_gflops"):
-                title += f" (ceiling in the same rounds: {r['ceiling_gflops']:,.0f} GFLOP/s)"
+                title += f" (ceiling, median in the same rounds: {r['ceiling_gflops']:,.0f} GFLOP/s)"
             lines += ["", title, header]
-        unit = f"{r['median_s'] * 1e3:,.1f}ms"
         spread = (r["max_s"] - r["min_s"]) / r["median_s"]
-        ceil = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.0f}%"
-        rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
-        top1 = "-" if r.get("top1_agreement") is None else f"{100 * r['top1_agreement']:.0f}%"
+        rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.0e}"
         regime = r["regime"] + (f" [compile {r['compile_seconds']:.0f}s]" if r.get("compile_seconds") else "")
-        lines.append(f"{r['task']:<8} {r['implementation']:<12} {regime:<44} {unit:>9} {r['images_per_s']:>8.1f} "
-                     f"{r['vitkit_speedup']:>8.2f} {100 * spread:>6.0f}% {r['gflops']:>8.1f} {ceil:>6} "
-                     f"{_mb(r['peak_memory_bytes']):>8} {_mb(r['weights_bytes']):>7} {rel:>8} {top1:>6}")
+        lines.append(
+            f"{r['implementation']:<12} {regime:<42} {r['median_s'] * 1e3:>8,.1f}ms {r['min_s'] * 1e3:>8,.1f}ms "
+            f"{r['images_per_s']:>7.1f} {r['vitkit_speedup']:>6.2f} {r['vitkit_speedup_paired']:>6.2f} "
+            f"{r['vitkit_speedup_best']:>6.2f} {pct(spread):>6} {r['gflops']:>7.1f} {pct(r['fraction_of_ceiling']):>5} "
+            f"{pct(r['fraction_of_ceiling_best']):>5} {_mb(r['peak_memory_bytes']):>6} {_mb(r['weights_bytes']):>6} "
+            f"{rel:>7} {pct(r.get('top1_agreement')):>5}")
     for t in report["loss_trajectories"]:
         lines += ["", f"loss trajectories, training {t['precision']}, {t['steps']} steps on one batch "
                       "(max |loss - vitkit's| / vitkit's first loss):"]
@@ -596,11 +612,13 @@ def format_report(report: dict) -> str:
         for name, dev in t["max_deviation_relative_to_first_loss"].items():
             losses = t["losses"][name]
             lines.append(f"  {name}: {losses[0]:.4f} -> {losses[-1]:.4f}, max deviation {dev:.2e}")
-    lines += ["", "vitkit x: the row's median time / vitkit's reference row's (above 1: vitkit faster). spread: "
-              "(max - min) / median of the timed rounds. %ceil: achieved GFLOP/s (forward FLOPs; a training step "
-              "counts 3 forwards) / the ceiling of the row's precision. peak MB: memory one call adds to what is "
-              "resident (CPU: resident-set high-water mark); wts MB: the model's tensors. rel err, top-1: logits "
-              "against vitkit's float32 plain path."]
+    lines += ["", "median, best: time of one call (batch), median and minimum over the rounds. x med: the row's median "
+              "/ vitkit's (above 1: vitkit faster); x pair: median over rounds of the row's time / vitkit's in the "
+              "same round; x best: the row's best / vitkit's best. spread: (max - min) / median. GFLOP/s: forward "
+              "FLOPs (a training step counts 3 forwards) / median; %ceil: of the ceiling's median in the same "
+              "rounds; %best: best against best. peakMB: memory one call adds to what is resident (CPU: resident-"
+              "set high-water mark); wtsMB: the model's tensors. rel err, top-1: logits against vitkit's float32 "
+              "plain path."]
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 
