@@ -4,9 +4,9 @@ What it does and why (numbers from `vitkit bench` on a 2-core AVX-512 CPU; see R
   - CPU inference (no autograd, float32 or bfloat16): dense layers run on oneDNN with the bias and GELU fused into the
     matrix product. PyTorch's own `F.linear` goes to MKL for float32, which on this AMD CPU is ~15% slower than
     oneDNN, then spends a separate pass on GELU (and on copying the bias into the output).
-  - bfloat16 (or float16) attention on the CPU: explicit `softmax(q k^T / sqrt(d)) v` with batched matrix products
-    instead of `scaled_dot_product_attention`, whose CPU flash kernel is ~1.5x slower forward and ~4x slower
-    forward + backward in bfloat16 at ViT sequence lengths. float32 and GPU keep `scaled_dot_product_attention`.
+  - bfloat16 attention on the CPU (up to 577 tokens): explicit `softmax(q k^T / sqrt(d)) v` with batched matrix
+    products instead of `scaled_dot_product_attention`, whose CPU flash kernel is ~1.6x slower forward and ~2.6x
+    slower forward + backward in bfloat16 at 197 tokens. float32 and GPUs keep `scaled_dot_product_attention`.
   - `optimize_for_inference`: a frozen copy whose weights are cast once (bfloat16 without autocast re-casting every
     weight at every call), run under `torch.inference_mode`, optionally `torch.compile`d.
 
@@ -26,9 +26,11 @@ from torch import nn
 
 _state = threading.local()
 
-# Sequence length up to which the explicit bfloat16 attention is used on the CPU (it holds the (B, heads, N, N)
-# weights in memory; ViT-B/16 at 384 px has N = 577).
-EXPLICIT_ATTENTION_MAX_TOKENS = 1024
+# Sequence length up to which bfloat16 attention on the CPU is explicit. Measured (one core, batch 8, 12 heads of 64):
+# forward 11 vs 18 ms at N = 197, 39 vs 62 ms at 401, a tie at 577, 230 vs 212 ms at 785 (explicit vs flash);
+# forward + backward 6.5 vs 17 ms at 197 and 67 vs 116 ms at 577 (batch 4, 6 heads). The explicit form also holds the
+# (B, heads, N, N) weights for the backward, which grows with N^2.
+EXPLICIT_ATTENTION_MAX_TOKENS = 577
 
 
 def fast_path_enabled() -> bool:
@@ -114,7 +116,7 @@ def pack_linear_weights(model: nn.Module, batch_tokens: int = 1024) -> int:
 
 def _explicit_attention_preferred(q: torch.Tensor) -> bool:
     return (fast_path_enabled() and not _tracing() and q.device.type == "cpu"
-            and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS)
+            and q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
