@@ -381,18 +381,26 @@ def _train_candidates(settings: BenchSettings, precision: str, model: nn.Module,
 def loss_trajectories(settings: BenchSettings, precision: str, model: nn.Module, peers: dict, images, labels,
                       device: torch.device) -> dict:
     """Losses over `settings.loss_steps` steps on one fixed batch, from identical weights, for vitkit (fast path),
-    vitkit's plain path and each peer; and each one's largest deviation from vitkit's, relative to the first loss."""
-    rows = _train_candidates(dataclasses.replace(settings, compile=False), precision, model, peers, images, labels,
-                             device)
+    vitkit's plain path and each peer; each one's largest deviation from vitkit's, relative to the first loss, and
+    from the plain path's (how far implementations of the same function drift apart in this precision anyway)."""
+    rows = _train_candidates(dataclasses.replace(settings, compile=False, plain=True), precision, model, peers,
+                             images, labels, device)
     losses = {}
     for row in rows:
-        key = row.impl if row.impl != "vitkit" or row.reference else "vitkit (plain path)"
+        key = row.impl if row.impl != "vitkit" or row.reference else PLAIN_KEY
         losses[key] = [float(row.run()) for _ in range(settings.loss_steps)]
-    reference = losses["vitkit"]
-    deviation = {k: max(abs(a - b) for a, b in zip(v, reference)) / abs(reference[0])
-                 for k, v in losses.items() if k != "vitkit"}
+
+    def deviation(a, b):
+        return max(abs(x - y) for x, y in zip(a, b)) / abs(b[0])
+
     return {"precision": precision, "steps": settings.loss_steps, "losses": losses,
-            "max_deviation_relative_to_first_loss": deviation}
+            "max_deviation_relative_to_first_loss": {k: deviation(v, losses["vitkit"])
+                                                     for k, v in losses.items() if k != "vitkit"},
+            "max_deviation_from_plain_path": {k: deviation(v, losses[PLAIN_KEY])
+                                              for k, v in losses.items() if k != PLAIN_KEY}}
+
+
+PLAIN_KEY = "vitkit (plain path)"
 
 
 # ------------------------------------------------------------------------------------------------ the benchmark
@@ -605,13 +613,16 @@ def format_report(report: dict) -> str:
             f"{pct(r['fraction_of_ceiling_best']):>5} {_mb(r['peak_memory_bytes']):>6} {_mb(r['weights_bytes']):>6} "
             f"{rel:>7} {pct(r.get('top1_agreement')):>5}")
     for t in report["loss_trajectories"]:
-        lines += ["", f"loss trajectories, training {t['precision']}, {t['steps']} steps on one batch "
-                      "(max |loss - vitkit's| / vitkit's first loss):"]
+        lines += ["", f"loss trajectories, training {t['precision']}, {t['steps']} steps on one batch: largest "
+                      "|loss - reference| / the reference's first loss, against vitkit and against vitkit's plain path"]
         ref = t["losses"]["vitkit"]
-        lines.append(f"  vitkit: {ref[0]:.4f} -> {ref[-1]:.4f}")
+        lines.append(f"  {'vitkit':<22} {ref[0]:.4f} -> {ref[-1]:.4f}   vs plain path "
+                     f"{t['max_deviation_from_plain_path']['vitkit']:.1e}")
         for name, dev in t["max_deviation_relative_to_first_loss"].items():
             losses = t["losses"][name]
-            lines.append(f"  {name}: {losses[0]:.4f} -> {losses[-1]:.4f}, max deviation {dev:.2e}")
+            plain = t["max_deviation_from_plain_path"].get(name)
+            lines.append(f"  {name:<22} {losses[0]:.4f} -> {losses[-1]:.4f}   vs vitkit {dev:.1e}"
+                         + ("" if plain is None else f"   vs plain path {plain:.1e}"))
     lines += ["", "median, best: time of one call (batch), median and minimum over the rounds. x med: the row's median "
               "/ vitkit's (above 1: vitkit faster); x pair: median over rounds of the row's time / vitkit's in the "
               "same round; x best: the row's best / vitkit's best. spread: (max - min) / median. GFLOP/s: forward "
