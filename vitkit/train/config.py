@@ -111,6 +111,11 @@ class TrainConfig:
     threads: int = _f(0, "CPU threads of each process for the model's math; 0: PyTorch's choice (all cores, shared "
                       "among the processes of a machine under torchrun)")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
+    deterministic: bool = _f(False, "bitwise reproducible: deterministic algorithms only, one CPU thread unless "
+                             "threads is set, no cuDNN autotuning (slower; a killed and resumed run then ends with "
+                             "exactly the weights of an uninterrupted one)")
+    on_nonfinite: str = _f("stop", "a NaN or infinite loss or gradient norm: stop (the last checkpoint stays the "
+                           "last good one) or skip (drop that step's update and go on; checks every step)")
 
     # ---------------------------------------------------------------------------------------------- run
     out_dir: str = _f("runs", "folder of the runs")
@@ -141,7 +146,8 @@ class TrainConfig:
         choices = dict(val_split=("auto", "holdout", "none"), cache_images=("auto", "yes", "no"),
                        crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd"),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
-                       interpolation=("bilinear", "bicubic", "nearest", None), pool=("token", "gap", None))
+                       interpolation=("bilinear", "bicubic", "nearest", None), pool=("token", "gap", None),
+                       on_nonfinite=("stop", "skip"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
@@ -165,6 +171,10 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and len(value) != 3:
                 fail(f"{key} needs 3 values, got {value}")
+            if value is not None and not all(math.isfinite(v) for v in value):
+                fail(f"{key} must be finite, got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            fail(f"std must be positive, got {self.std}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             fail(f"lr must be positive, got {self.lr}")
         return self

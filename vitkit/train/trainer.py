@@ -35,7 +35,7 @@ from ..data import (StepBatchSampler, TransformedImages, auto_workers, eval_load
 from ..errors import CheckpointError, UsageError
 from ..eval.evaluate import autocast, evaluate
 from ..eval.metrics import Counts, EvalResult
-from . import distributed
+from . import distributed, faults
 from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
                          resolve_model_path, write_checkpoint)
 from .config import ARCHITECTURE_FIELDS, TrainConfig
@@ -147,6 +147,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor of a loaded optimizer state has its parameter's shape (load_state_dict checks
+    the groups, not the tensors: a wrong one would fail steps later, or broadcast silently)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if value is None or (torch.is_tensor(value) and value.dim() == 0 and value.is_floating_point()):
+                    continue  # an absent momentum buffer, a step count
+                if not torch.is_tensor(value) or not value.is_floating_point() or value.shape != param.shape:
+                    found = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f"optimizer state {key!r} is {found}, expected {tuple(param.shape)} floats")
+
+
+def check_tensors_like(state: Any, reference: dict[str, torch.Tensor], what: str) -> None:
+    if not isinstance(state, dict):
+        raise TypeError(f"{what} state is a {type(state).__name__}, expected a dict of tensors")
+    for key, ref in reference.items():
+        value = state.get(key)
+        if not torch.is_tensor(value) or value.shape != ref.shape:
+            found = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"{what} entry {key!r} is {found}, expected {tuple(ref.shape)}")
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def _default_name(config: TrainConfig) -> str:
     return f"{config.recipe or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -166,7 +189,7 @@ def _format_seconds(seconds: float) -> str:
 class MetricsLog:
     """metrics.jsonl, one JSON object per line, flushed as written; only rank 0 writes."""
 
-    def __init__(self, path: Path, enabled: bool, keep_through_step: int | None = None):
+    def __init__(self, path: Path, enabled: bool, keep_through_step: int | None = None, redo_evals: bool = False):
         self.path = path
         self.enabled = enabled
         if not enabled:
@@ -175,7 +198,8 @@ class MetricsLog:
             from ..checkpoints.io import atomic_write_text
             from .plots import read_metrics
 
-            kept = [r for r in read_metrics(path) if r.get("step", 0) <= keep_through_step]
+            kept = [r for r in read_metrics(path) if r.get("step", 0) < keep_through_step
+                    or r.get("step", 0) == keep_through_step and not (redo_evals and r.get("kind") == "eval")]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_through_step is None and path.exists():
             path.unlink()
@@ -195,10 +219,31 @@ def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
     info = distributed.setup(config.device)
     created_group = info.enabled
     try:
-        return _Run(config, info, resume, log).run()
+        with deterministic_mode(config.deterministic, config.threads):
+            return _Run(config, info, resume, log).run()
     finally:
         if created_group:
             distributed.teardown(info)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool, threads: int = 0):
+    """Deterministic algorithms only, no cuDNN autotuning, one CPU thread unless `threads` says otherwise; the
+    process's previous settings come back afterwards."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.set_num_threads(threads if threads > 0 else 1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+        torch.set_num_threads(saved[2])
 
 
 class _Run:
@@ -208,6 +253,7 @@ class _Run:
         self.resume = resume
         self.main = info.is_main
         self._log = log
+        self.restart = False  # --resume of a run that had written no checkpoint
 
     def say(self, message: str) -> None:
         if not self.main:
@@ -235,6 +281,10 @@ class _Run:
             if target.name.startswith("step_") and target.parent.name == "checkpoints":
                 return target.parent.parent, target
             if not list_checkpoints(target):
+                if (target / CONFIG_FILE).is_file():  # stopped before its first checkpoint: nothing to keep
+                    self.say(f"{target} has no checkpoint yet; starting it again from step 0")
+                    self.restart = True
+                    return target, None
                 raise UsageError(f"--resume {target}: the run has no checkpoints to resume from")
             return target, None
         name = distributed.broadcast_object(c.name or _default_name(c), self.info)
@@ -260,7 +310,7 @@ class _Run:
         c, info = self.config, self.info
         started = time.time()
         run_dir, chosen = self.resolve_run_dir()
-        resume_ckpt = self.load_resume_checkpoint(run_dir, chosen) if self.resume else None
+        resume_ckpt = self.load_resume_checkpoint(run_dir, chosen) if self.resume and not self.restart else None
         torch.manual_seed(c.seed)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
@@ -314,20 +364,27 @@ class _Run:
             state = resume_ckpt.state
             try:
                 optimizer.load_state_dict(state["optimizer"])
+                check_optimizer_state(optimizer)
                 if state.get("scaler"):
                     scaler.load_state_dict(state["scaler"])
                 if ema is not None and state.get("ema") is not None:
+                    check_tensors_like(state["ema"], ema.shadow, "EMA")
                     ema.load_state_dict(state["ema"])
-            except (KeyError, ValueError, RuntimeError) as e:
-                raise UsageError(f"--resume {resume_ckpt.path}: the saved state does not fit this run ({e}); "
-                                 "was the model or optimizer changed?") from None
-            if state.get("rng"):
-                set_rng_state(state["rng"])
+                if state.get("rng"):
+                    set_rng_state(state["rng"])
+            except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
+                raise UsageError(f"--resume {resume_ckpt.path}: the saved state does not fit this run "
+                                 f"({type(e).__name__}: {str(e).strip()[:300]}); was the model or optimizer "
+                                 "changed?") from None
             start_step = resume_ckpt.step
-            if start_step >= total:
+            # killed after its last checkpoint but before the final weights: resuming only finishes it
+            finishing = start_step == total and not (run_dir / WEIGHTS).exists()
+            if start_step >= total and not finishing:
                 raise UsageError(f"--resume {resume_ckpt.path}: the run already finished ({start_step} of {total} "
                                  "steps); raise --steps to train longer")
-            if end_step <= start_step:
+            if finishing:
+                end_step = total
+            elif end_step <= start_step:
                 raise UsageError(f"--stop-after {c.stop_after}: the run is already at step {start_step}")
 
         # the run folder
@@ -351,7 +408,10 @@ class _Run:
             }, indent=2) + "\n")
             if splits.bad_files:
                 atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in splits.bad_files))
-        metrics = MetricsLog(run_dir / METRICS_FILE, self.main, start_step if resume_ckpt is not None else None)
+        metrics = MetricsLog(run_dir / METRICS_FILE, self.main, start_step if resume_ckpt is not None else None,
+                             redo_evals=resume_ckpt is not None and start_step == end_step)
+        if resume_ckpt is not None:
+            faults.hit("resume.metrics", start_step)
         distributed.barrier(info)
 
         # loaders
@@ -417,6 +477,10 @@ class _Run:
         last_saved: dict[str, Any] = {"step": start_step if resume_ckpt is not None else None,
                                       "path": resume_ckpt.path if resume_ckpt is not None else None}
 
+        def last_good() -> str:
+            return (f"the last good checkpoint, {last_saved['path']} (step {last_saved['step']}), is untouched"
+                    if last_saved["path"] is not None else "no checkpoint had been written")
+
         def save(step: int) -> None:
             if self.main:
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -424,7 +488,14 @@ class _Run:
                          "config": resolved.to_json(), "world_size": info.world_size, "total_steps": total,
                          "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch}}
                 model.eval()
-                path = write_checkpoint(run_dir, step, model, state, keep=c.keep_checkpoints)
+                try:
+                    path = write_checkpoint(run_dir, step, model, state, keep=c.keep_checkpoints)
+                except (OSError, RuntimeError) as e:  # a full disk, a file size limit, a folder gone read-only
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    bar.close()
+                    raise TrainingError(f"could not write the checkpoint of step {step} ({reason}); training "
+                                        f"stopped and {last_good()}. Make room and continue with: vitkit train "
+                                        f"--resume {run_dir}") from None
                 model.train()
                 last_saved.update(step=step, path=path)
             distributed.barrier(info)
@@ -440,13 +511,16 @@ class _Run:
         def new_window() -> dict[str, Any]:
             """Sums since the last training record, kept on the device so that no step waits for a sync."""
             zeros = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)]
-            return dict(loss=zeros[0], correct=zeros[1], seen=zeros[2], bad=zeros[3], steps=0, since=time.time(),
-                        first_bad=torch.full((), float(total + 1), dtype=torch.float64, device=device))
+            return dict(loss=zeros[0], correct=zeros[1], seen=zeros[2], bad=zeros[3], steps=0, skipped=0,
+                        since=time.time(), first_bad=torch.full((), float(total + 1), dtype=torch.float64,
+                                                                device=device))
 
         window = new_window()
         lr = c.lr
         grad_norm = torch.zeros(())
         final = final_ema = None
+        skip_nonfinite = c.on_nonfinite == "skip"
+        skipped_steps = 0
 
         def flush(step: int) -> None:
             """Sum the window over ranks, stop on a non-finite loss, write one training record."""
@@ -463,17 +537,15 @@ class _Run:
             sums = sums.cpu()
             if sums[3] > 0:
                 bad_step = int(first_bad)
-                where = (f"the last good checkpoint, {last_saved['path']} (step {last_saved['step']}), is untouched"
-                         if last_saved["path"] is not None else "no checkpoint had been written")
                 bar.close()
-                metrics.write({"kind": "stopped", "step": bad_step, "reason": "non-finite loss"})
-                raise TrainingError(f"the loss (or gradient) became non-finite at step {bad_step} of {total}; "
-                                    "training stopped "
-                                    f"and {where}. Try a lower --lr, a longer warm-up or --precision fp32")
+                metrics.write({"kind": "stopped", "step": bad_step, "reason": "non-finite loss or gradient norm"})
+                raise TrainingError(f"the loss or gradient norm became non-finite at step {bad_step} of {total}; "
+                                    f"training stopped and {last_good()}. Try a lower --lr, a longer warm-up or "
+                                    "--precision fp32 (or --on-nonfinite skip to drop such steps)")
             elapsed = max(time.time() - window["since"], 1e-9)
             images = float(sums[2])
             record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                      "loss": float(sums[0]) / (window["steps"] * info.world_size),
+                      "loss": float(sums[0]) / (max(window["steps"] - window["skipped"], 1) * info.world_size),
                       "accuracy": float(sums[1]) / max(images, 1.0), "lr": lr, "grad_norm": float(grad_norm),
                       "images_per_sec": images / elapsed}
             metrics.write(record)
@@ -501,30 +573,55 @@ class _Run:
                         with autocast(device, c.precision):
                             logits = train_model(images)
                         loss = F.cross_entropy(logits.float(), targets)
+                        poison = faults.hit("loss", step + 1)  # (tests only: nan or inf)
+                        if poison:
+                            loss = loss * float(poison)
                         scaler.scale(loss / c.accum_steps).backward()
                     step_loss += loss.detach()
                     window["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
                     window["seen"] += labels.numel()
+                poison = faults.hit("grad", step + 1)  # (tests only: one gradient entry nan or inf)
+                if poison:
+                    next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float(poison)
+                faults.hit("step.after_backward", step + 1)
                 if c.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model, step)
-
+                elif not scaler.is_enabled():
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                               if p.grad is not None])
                 step_loss = (step_loss / c.accum_steps).double()
                 finite = torch.isfinite(step_loss)
-                if c.grad_clip > 0 and not scaler.is_enabled():  # (a grad scaler skips non-finite steps itself)
+                if not scaler.is_enabled():  # (a grad scaler skips steps with non-finite gradients itself)
                     finite = finite & torch.isfinite(grad_norm.to(device))
-                window["loss"] += torch.where(finite, step_loss, torch.zeros_like(step_loss))
-                window["bad"] += (~finite).double()
-                window["first_bad"] = torch.where(finite, window["first_bad"],
-                                                  torch.minimum(window["first_bad"], torch.full_like(
-                                                      window["first_bad"], float(step + 1))))
+                skip = False
+                if skip_nonfinite:  # one sync per step: every rank must agree to skip
+                    bad = (~finite).double().reshape(1)
+                    distributed.all_reduce_sum([bad], info)
+                    skip = bool(bad.item() > 0)
+                if skip:
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped_steps += 1
+                    window["skipped"] += 1
+                    metrics.write({"kind": "skipped", "step": step + 1, "loss": float(step_loss),
+                                   "grad_norm": float(grad_norm), "reason": "non-finite loss or gradient norm"})
+                    self.say(f"step {step + 1}: non-finite loss ({float(step_loss):g}) or gradient norm "
+                             f"({float(grad_norm):g}); its update is skipped (--on-nonfinite skip)")
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model, step)
+                    window["loss"] += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+                    if not skip_nonfinite:
+                        window["bad"] += (~finite).double()
+                        window["first_bad"] = torch.where(finite, window["first_bad"],
+                                                          torch.minimum(window["first_bad"], torch.full_like(
+                                                              window["first_bad"], float(step + 1))))
                 window["steps"] += 1
                 done = step + 1
+                faults.hit("step.end", done)
                 bar.update(1)
                 due_eval = val_batches is not None and eval_every > 0 and done % eval_every == 0 and done < end_step
                 due_save = c.checkpoint_every > 0 and done % c.checkpoint_every == 0 and done < end_step
@@ -558,6 +655,7 @@ class _Run:
         if self.main and finished:
             from ..checkpoints import save as save_model
 
+            faults.hit("final.weights", end_step)
             model.eval()
             save_model(model.cpu(), run_dir / WEIGHTS)
             if ema_model is not None:
@@ -565,6 +663,8 @@ class _Run:
                 save_model(ema_model.cpu(), run_dir / "model_ema.safetensors")
         summary = {"kind": "summary", "step": end_step, "finished": finished, "seconds": round(seconds, 2),
                    "bad_files": len(splits.bad_files)}
+        if skipped_steps:
+            summary["skipped_steps"] = skipped_steps
         if final is not None:
             summary.update({f"{splits.val_name}_top1": final.top1, f"{splits.val_name}_top5": final.top5})
         if final_ema is not None:
