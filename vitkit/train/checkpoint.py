@@ -123,7 +123,6 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict[s
     final = folder / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
     try:
-        faults.hit("checkpoint.write", step)
         save(model, tmp / WEIGHTS)
         faults.hit("checkpoint.weights", step)
         with atomic_path(tmp / STATE) as path:

@@ -9,12 +9,11 @@ Off unless the environment variable VITKIT_FAILPOINTS is set, e.g.
 Each item is `name[@step]=action`; without `@step` it matches every step. Steps count from 1 (the step being
 computed, or the step a checkpoint belongs to). Actions: `stop` (SIGSTOP: the process waits where it is, so that a
 test can kill it at an exact point, however loaded the machine), `kill` (SIGKILL itself), `nan`, `inf` (the call
-site poisons a value), `enospc` (raise "No space left on device"). The points are listed in `POINTS`.
+site poisons a value). The points are listed in `POINTS`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -29,7 +28,6 @@ POINTS = {
     "checkpoint.state": "weights and training state are written, the manifest is not",
     "checkpoint.before_rename": "the temporary folder is complete and fsynced, not yet renamed",
     "checkpoint.renamed": "the folder has its final name, older checkpoints are not yet pruned",
-    "checkpoint.write": "raise while writing a checkpoint (enospc)",
     "resume.metrics": "a resumed run has cut metrics.jsonl back to its checkpoint",
     "final.weights": "the last checkpoint is written, the final model.safetensors is not",
 }
@@ -53,7 +51,7 @@ def _table() -> dict[tuple[str, int | None], str]:
 
 
 def hit(name: str, step: int | None = None) -> str | None:
-    """The action set for this point and step (None, almost always); `stop`, `kill` and `enospc` act here."""
+    """The action set for this point and step (None, almost always); `stop` and `kill` act here."""
     if ENV not in os.environ:
         return None
     table = _table()
@@ -62,6 +60,4 @@ def hit(name: str, step: int | None = None) -> str | None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
-    elif action == "enospc":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"(failure point {name})")
     return action

@@ -363,7 +363,10 @@ class _Run:
         if resume_ckpt is not None:
             state = resume_ckpt.state
             try:
+                settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
                 optimizer.load_state_dict(state["optimizer"])
+                for group, own in zip(optimizer.param_groups, settings):
+                    group.update(own)  # betas, weight decay, ...: this run's config, not whatever the file says
                 check_optimizer_state(optimizer)
                 if state.get("scaler"):
                     scaler.load_state_dict(state["scaler"])
