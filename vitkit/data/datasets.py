@@ -12,6 +12,7 @@ import functools
 import io
 import os
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ from ..errors import UsageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
 CACHE_BUDGET_BYTES = 2 * 1024**3
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's single-channel integer modes
+
+# read_image refuses every image over Pillow's pixel limit itself (Pillow only warns up to twice the limit, and
+# would then decode it); the warning would only repeat, once per process, what the skip message says.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass
@@ -72,10 +78,37 @@ class ImageSet:
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """An image file fully decoded to RGB; raises OSError/ValueError for anything that is not a whole image."""
-    with Image.open(path) as img:
-        img.load()  # decodes every byte: a truncated file fails here, not at open
-        return img.convert("RGB")
+    """An image file fully decoded to RGB; raises OSError/ValueError for anything that is not a whole image.
+
+    Grey, palette, CMYK and alpha images are converted (alpha is dropped); 16-bit grey is scaled to 8 bits rather
+    than clipped. An image whose header declares more pixels than Pillow's `Image.MAX_IMAGE_PIXELS` (a
+    decompression bomb: a small file that would decode to gigabytes) is refused before it is decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise ValueError(f"{img.width}x{img.height} pixels, over the decompression-bomb limit of "
+                                 f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
+            img.load()  # decodes every byte: a truncated file fails here, not at open
+            return to_rgb(img)
+    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses it when opening
+        raise ValueError(f"over the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels ({e})") from None
+    except (OSError, ValueError):
+        raise
+    except Exception as e:  # SyntaxError, struct.error, ... from decoders of damaged files
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a decoded image of any mode."""
+    if img.mode in SIXTEEN_BIT_MODES:  # Pillow would clip 16-bit values at 255, not scale them
+        values = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # (a direct conversion warns about the transparency)
+    return img.convert("RGB")
 
 
 def _check_file(path: str, keep: bool) -> tuple[np.ndarray | None, str | None, int]:
@@ -111,9 +144,20 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _files_under(folder: Path) -> list[str]:
+    """Every visible file below `folder`, following symlinked folders but never one that loops back to a folder
+    already walked or up to one holding `folder` (which would list the files again, or other classes' files)."""
     files = []
+    root = os.path.realpath(folder)
+    seen = {root}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        keep = []
+        for d in sorted(d for d in dirnames if _visible(d)):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen or root == real or root.startswith(real.rstrip(os.sep) + os.sep):
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
     return files
 

@@ -1,0 +1,191 @@
+"""Bad images: a folder holding every kind of broken file (a truncated JPEG, a zero-byte file, a text file named
+.jpg, two decompression bombs: small PNGs whose headers declare 100 and 400 million pixels, a dangling link) and
+every kind of colour file (grey, bilevel, grey+alpha, 16-bit grey, 16-bit RGB, RGBA, palette with transparency,
+CMYK, a JPEG named .png), plus a symlinked folder looping back up. The colour files are converted correctly and
+used, the broken ones are skipped, logged with their paths and counted, no bomb is ever decoded, and training
+completes, or stops with one clear line when the broken share passes the limit."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from test_data import truncated_jpeg, write_image_folder
+from vitkit.cli import main
+from vitkit.data import scan_image_folder
+
+
+# --------------------------------------------------------------------------------------- writing the files
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path: Path, array: np.ndarray | None = None, *, color_type: int = 0, size=None,
+              idat: bytes | None = None) -> None:
+    """A PNG written byte by byte (Pillow cannot write 16-bit colour, nor lie about its size): 8 or 16 bits per
+    sample from the array's dtype; or any declared `size` with the given compressed data."""
+    if array is not None:
+        depth = 16 if array.dtype == np.uint16 else 8
+        height, width = array.shape[:2]
+        rows = b"".join(b"\0" + array[y].astype(">u2" if depth == 16 else "u1").tobytes() for y in range(height))
+        idat = zlib.compress(rows)
+    else:
+        depth, (width, height) = 8, size
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+
+
+def solid(rgb, size=12) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, dtype=np.uint8), (size, size, 3)).copy()
+
+
+# Each colour file: (name, writer, the RGB pixel it must read as, tolerance for lossy JPEG)
+def _grey(p):
+    Image.fromarray(np.full((12, 12), 77, np.uint8)).save(p)
+
+
+def _bilevel(p):
+    Image.fromarray(np.ones((12, 12), bool)).save(p)
+
+
+def _grey_alpha(p):
+    Image.fromarray(np.dstack([np.full((12, 12), 90, np.uint8), np.full((12, 12), 128, np.uint8)]), "LA").save(p)
+
+
+def _grey16(p):
+    write_png(p, np.full((12, 12), 40000, np.uint16), color_type=0)
+
+
+def _rgb16(p):
+    write_png(p, np.broadcast_to(np.array([65535, 32896, 2570], np.uint16), (12, 12, 3)).copy(), color_type=2)
+
+
+def _rgba(p):
+    Image.fromarray(np.dstack([solid((10, 200, 30)), np.full((12, 12), 40, np.uint8)]), "RGBA").save(p)
+
+
+def _palette(p):
+    image = Image.fromarray(solid((250, 20, 120))).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    image.info["transparency"] = 0
+    image.save(p, transparency=0)
+
+
+def _cmyk(p):
+    Image.new("CMYK", (12, 12), (255, 0, 0, 0)).save(p, quality=95)  # full cyan
+
+
+def _jpeg_named_png(p):
+    buffer = io.BytesIO()
+    Image.fromarray(solid((30, 60, 200))).save(buffer, format="JPEG", quality=95)
+    p.write_bytes(buffer.getvalue())
+
+
+COLOUR = [
+    ("grey.png", _grey, (77, 77, 77), 0),
+    ("bilevel.png", _bilevel, (255, 255, 255), 0),
+    ("grey_alpha.png", _grey_alpha, (90, 90, 90), 0),
+    ("grey16.png", _grey16, (156, 156, 156), 0),  # 40000 / 257, scaled rather than clipped to 255
+    ("rgb16.png", _rgb16, (255, 128, 10), 0),
+    ("rgba.png", _rgba, (10, 200, 30), 0),
+    ("palette.png", _palette, (250, 20, 120), 0),
+    ("cmyk.jpg", _cmyk, (0, 255, 255), 3),
+    ("actually_a_jpeg.png", _jpeg_named_png, (30, 60, 200), 3),
+]
+
+BROKEN = {
+    "truncated.jpg": truncated_jpeg,
+    "empty.jpg": lambda p: p.write_bytes(b""),
+    "notes.jpg": lambda p: p.write_text("these are my notes, not a picture\n"),
+    "bomb_400M.png": lambda p: write_png(p, size=(20000, 20000), idat=zlib.compress(b"\0" * 20001 * 4)),
+    "bomb_100M.png": lambda p: write_png(p, size=(10000, 10000), idat=zlib.compress(b"\0" * 10001 * 4)),
+    "dangling.png": lambda p: p.symlink_to(p.parent / "nowhere.png"),
+}
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """3 classes of 12 good images; the colour files in 'cat', the broken ones in 'dog', a loop in 'fish'."""
+    root = write_image_folder(tmp_path / "data", per_class=12)
+    for name, writer, _, _ in COLOUR:
+        writer(root / "cat" / name)
+    for name, writer in BROKEN.items():
+        writer(root / "dog" / name)
+    os.symlink("..", root / "fish" / "up")  # a folder that loops back to the top: walked once, not forever
+    os.symlink(".", root / "fish" / "again")
+    return root
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch) -> list[int]:
+    """The pixel count of every image Pillow decodes (to show that no bomb ever is)."""
+    sizes = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        sizes.append(self.size[0] * self.size[1])
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return sizes
+
+
+def test_colour_files_are_converted_and_broken_ones_skipped_logged_and_counted(messy_folder, decoded_sizes):
+    assert Image.open(messy_folder / "dog" / "truncated.jpg").size == (96, 96)  # opens fine; fails to decode
+    logged = []
+    images = scan_image_folder(messy_folder, max_bad_fraction=0.2, progress=False, log=logged.append)
+    assert len(images) == 3 * 12 + len(COLOUR)  # no file of another class pulled in through the loop
+    assert sorted(Path(p).name for p, _ in images.bad_files) == sorted(BROKEN)
+    reasons = {Path(p).name: r for p, r in images.bad_files}
+    assert "decompression-bomb limit" in reasons["bomb_400M.png"]
+    assert "10000x10000 pixels, over the decompression-bomb limit" in reasons["bomb_100M.png"]
+    assert len(logged) == len(BROKEN)
+    for path, _ in images.bad_files:
+        assert sum(path in m and m.startswith("skipped ") for m in logged) == 1
+    assert max(decoded_sizes) <= 96 * 96  # the bombs were refused from their headers
+    by_name = {Path(p).name: i for i, p in enumerate(images.paths)}
+    for name, _, pixel, tolerance in COLOUR:
+        image = images.load(by_name[name])
+        assert image.mode == "RGB" and image.size == (12, 12), name
+        array = np.asarray(image).astype(int)
+        assert np.abs(array - np.asarray(pixel)).max() <= tolerance, (name, array[0, 0], pixel)
+
+
+def test_training_on_the_folder_completes_and_reports_the_skipped_files(messy_folder, tmp_path, capsys):
+    flags = ["--data", str(messy_folder), "--steps", "2", "--batch-size", "8", "--val-per-class", "2",
+             "--warmup-steps", "0", "--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width",
+             "32", "--depth", "1", "--num-heads", "2", "--mlp-dim", "64", "--progress", "false", "--num-workers",
+             "0", "--out-dir", str(tmp_path / "runs")]
+    total = 3 * 12 + len(COLOUR) + len(BROKEN)
+    assert main(["train", *flags, "--name", "strict"]) == 2  # the default limit: 1% of the files
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"{len(BROKEN)} of {total} files ({100 * len(BROKEN) / total:.1f}%) are not readable images" in err
+    assert "more than the limit of 1%" in err and "--max-bad-fraction" in err
+
+    assert main(["train", *flags, "--name", "run", "--max-bad-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "run"
+    assert f"skipped {len(BROKEN)} unreadable file(s), listed in {run / 'bad_files.txt'}" in out
+    listed = dict(line.split("\t") for line in (run / "bad_files.txt").read_text().splitlines())
+    assert sorted(Path(p).name for p in listed) == sorted(BROKEN)
+    assert json.loads((run / "run.json").read_text())["train_images"] + 3 * 2 == 3 * 12 + len(COLOUR)
+    summary = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["finished"] and summary["bad_files"] == len(BROKEN)
+
+    # predict on the same files: the colour ones classified, each broken one a one-line error, exit code 2
+    files = [messy_folder / "cat" / name for name, _, _, _ in COLOUR] + \
+            [messy_folder / "dog" / name for name in BROKEN]
+    assert main(["predict", str(run), *map(str, files), "--json"]) == 2
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [("predictions" in r) for r in results] == [True] * len(COLOUR) + [False] * len(BROKEN)
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == len(BROKEN) and all(line.startswith("vitkit: error: ") for line in errors)
