@@ -1,8 +1,8 @@
 """`vitkit <command>`: a thin layer that parses arguments and calls the library.
 
 Each command lives in `vitkit/commands/<name>.py` with `register(subparsers)`, which adds its parser and sets
-`func(args) -> int | None`. Bad input (a missing file, a corrupt checkpoint, a wrong value) prints one line and
-exits with code 2; set VITKIT_DEBUG=1 to see the traceback instead.
+`func(args) -> int | None`. Bad input (an unknown flag, a value of the wrong type, a missing file, a corrupt
+checkpoint, a full disk) prints one line and exits with code 2; set VITKIT_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ import sys
 from . import commands
 from .errors import CheckpointError, UsageError
 
-EXPECTED_ERRORS = (CheckpointError, UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-                   PermissionError, ValueError)
+EXPECTED_ERRORS = (CheckpointError, UsageError, OSError, ValueError)  # OSError: missing files, permissions, full disks
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the message and where to find help, not the whole usage text (which is
+    forty lines for `vitkit train`). Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vitkit", description="Vision Transformers: models, checkpoints, training, analysis.")
     parser.add_argument("--version", action="version", version=f"vitkit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,7 +47,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    args, unknown = parser.parse_known_args(None if argv is None else [str(a) for a in argv])
+    if unknown:  # named after the subcommand that was given them, not after `vitkit`
+        prog = " ".join(["vitkit", *[v for v in (getattr(args, "command", None),) if v]])
+        print(f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
