@@ -1,11 +1,10 @@
 """Training checkpoints under damage: the write order (temporary folder, fsync of every file, rename, fsync of the
 folder), fallback from a damaged newest checkpoint with a warning naming both, failed writes (a full disk
 simulated in this process, a real kernel write failure in a child process), a training state whose pickle would
-run code, and 300 mutated checkpoints (20 of them resumed): always a fallback or a clean error, never a crash."""
+run code, and 240 mutated checkpoints (10 of them resumed): always a fallback or a clean error, never a crash."""
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import io
@@ -24,7 +23,6 @@ from vitkit.checkpoints.io import read_safetensors
 from vitkit.cli import main
 from vitkit.errors import CheckpointError
 from vitkit.train import checkpoint as ckpt
-from vitkit.train.trainer import train
 
 TINY_FLAGS = ["--data", "digits", "--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width", "32",
               "--depth", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--warmup-steps", "2",
@@ -308,14 +306,14 @@ MUTATIONS = {
     "state.pt": [fz.byte_flips, fz.head_flips, fz.truncate, fz.splice, fz.zip_sizes, _state_entry],
     "manifest.json": [fz.byte_flips, fz.truncate, fz.splice],
 }
-CASES = 300
-RESUMED = 20
+CASES = 240
+RESUMED = 10
 
 
 def test_fuzzed_training_checkpoints_fall_back_or_fail_cleanly(reference, tmp_path, capsys):
-    """300 mutations of the newest checkpoint's files. Half keep the manifest as written: every one must be
+    """240 mutations of the newest checkpoint's files. Half keep the manifest as written: every one must be
     caught by it (a fallback to step 4) or leave the checkpoint bitwise what it was. Half rewrite the manifest
-    to match, so the mutation reaches the parsers: a fallback, or a checkpoint that reads; 20 of those are
+    to match, so the mutation reaches the parsers: a fallback, or a checkpoint that reads; 10 of those are
     resumed, which must end in a finished run or a one-line error, never another exception."""
     run = damaged_copy(reference, tmp_path, "base")
     folder = step_dir(run, 6)

@@ -127,12 +127,10 @@ def test_every_command_fails_in_one_or_two_lines_with_exit_code_2(files, tmp_pat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--steps", "2", "--no-such-flag"], "vitkit train: error: unrecognized arguments: --no-such-flag"),
-    (["eval", "--checkpoint", "missing.safetensors"], "vitkit: error: missing.safetensors: no such file"),
-])
-def test_a_real_process_exits_2_with_one_line(tmp_path, argv, message):
-    result = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
-    assert "Traceback" not in result.stderr and not result.stdout
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    """(A missing file in a real process: tests/test_cli.py and tests/test_train.py.)"""
+    result = subprocess.run([sys.executable, "-m", "vitkit", "train", "--steps", "2", "--no-such-flag"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr == ("vitkit train: error: unrecognized arguments: --no-such-flag "
+                             "(see vitkit train --help)\n")
