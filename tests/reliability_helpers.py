@@ -34,6 +34,8 @@ def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    for name in ("VITKIT_FAILPOINTS", "TEST_FILE_SIZE_LIMIT"):  # only what this run was given
+        os.environ.pop(name, None)
     os.environ.update(env)
     import resource
 
