@@ -83,6 +83,8 @@ class TrainConfig:
     cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)")
     mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise "
+                               "(pipeline tensor only)")
 
     # -------------------------------------------------------------------------------------- optimisation
     optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
@@ -102,6 +104,18 @@ class TrainConfig:
     steps: int | None = _f(None, "optimizer steps; default: from epochs")
     epochs: float | None = _f(7.0, "passes over the training data (used when steps is not set)")
     ema_decay: float = _f(0.0, "Polyak averaging of the weights with this decay (0 turns it off)")
+
+    # --------------------------------------------------------------- time budget, fast training on small images
+    budget_minutes: float | None = _f(None, "train for this many minutes (the loop's wall time, less evaluations "
+                                      "and checkpoints); the schedules then follow the share of the budget spent, "
+                                      "and steps is only an upper bound")
+    eval_every_minutes: float = _f(0.0, "also evaluate each time this many minutes of training have passed")
+    pipeline: str = _f("pil", "training data path: pil (PIL transforms per image, in loader processes) or tensor "
+                       "(images decoded once into one uint8 tensor in memory, augmented a batch at a time: for "
+                       "small images of one size)")
+    progressive_min_size: int | None = _f(None, "progressive resolution: train at this image size first, growing "
+                                          "linearly to image_size by progressive_until")
+    progressive_until: float = _f(0.5, "share of the run at which progressive resolution reaches image_size")
 
     # ----------------------------------------------------------------------------------------- numerics
     precision: str = _f("fp32", "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast with a grad scaler, GPU)")
@@ -177,6 +191,20 @@ class TrainConfig:
             fail(f"std must be positive, got {self.std}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             fail(f"lr must be positive, got {self.lr}")
+        if self.pipeline not in ("pil", "tensor"):
+            fail(f"pipeline={self.pipeline!r}, expected one of pil, tensor")
+        if not 0 <= self.random_erasing <= 1:
+            fail(f"random_erasing must be in [0, 1], got {self.random_erasing}")
+        if self.random_erasing > 0 and self.pipeline != "tensor":
+            fail("random_erasing needs pipeline='tensor'")
+        if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
+            fail(f"budget_minutes must be positive, got {self.budget_minutes}")
+        if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):
+            fail(f"eval_every_minutes must be >= 0, got {self.eval_every_minutes}")
+        if self.progressive_min_size is not None and self.progressive_min_size < 1:
+            fail(f"progressive_min_size must be positive, got {self.progressive_min_size}")
+        if not 0 <= self.progressive_until <= 1:
+            fail(f"progressive_until must be in [0, 1], got {self.progressive_until}")
         return self
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..configs import Preprocessing
 from ..data import (StepBatchSampler, TransformedImages, auto_workers, eval_loader, eval_transform, mix_seed,
                     open_data, train_loader, train_transform)
+from ..data.memory import TensorAugment, TensorBatches, resize_batch, stack_images
 from ..errors import CheckpointError, UsageError
 from ..eval.evaluate import autocast, evaluate
 from ..eval.metrics import Counts, EvalResult
@@ -41,6 +42,7 @@ from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoint
 from .config import ARCHITECTURE_FIELDS, TrainConfig
 from .mixing import mix_batch
 from .optim import EMA, build_optimizer, learning_rate
+from .schedule import Schedule, TrainClock
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -335,6 +337,8 @@ class _Run:
             model = build_model(c, num_classes, self.say)
             model.preprocessing = model_preprocessing(model, c)
         model.class_names = list(classes) + [str(i) for i in range(len(classes), model.num_classes)]
+        if c.progressive_min_size:  # smaller inputs early in the run: the position embeddings are resampled
+            model.config = model.config.replace(dynamic_image_size=True)
         if model.num_classes != num_classes:
             raise UsageError(f"the model has {model.num_classes} classes, the data {num_classes}")
         device = info.device
@@ -380,6 +384,9 @@ class _Run:
                                  f"({type(e).__name__}: {str(e).strip()[:300]}); was the model or optimizer "
                                  "changed?") from None
             start_step = resume_ckpt.step
+            if c.budget_minutes and float(state.get("train_seconds") or 0.0) >= 60 * c.budget_minutes:
+                raise UsageError(f"--resume {resume_ckpt.path}: the run already spent its budget of "
+                                 f"{c.budget_minutes:g} minutes; raise --budget-minutes to train longer")
             # killed after its last checkpoint but before the final weights: resuming only finishes it
             finishing = start_step == total and not (run_dir / WEIGHTS).exists()
             if start_step >= total and not finishing:
@@ -457,6 +464,8 @@ class _Run:
         def run_eval(step: int) -> tuple[EvalResult | None, EvalResult | None]:
             if val_batches is None:
                 return None, None
+            metrics.write({"kind": "clock", "step": step, "train_seconds": round(clock.seconds(), 2),
+                           "seconds": round(time.time() - started, 2)})  # the time behind the weights evaluated
             results = []
             for weights, net in (("model", model), ("ema", ema_model)):
                 if net is None:
@@ -489,7 +498,8 @@ class _Run:
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                          "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
                          "config": resolved.to_json(), "world_size": info.world_size, "total_steps": total,
-                         "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch}}
+                         "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch},
+                         "train_seconds": clock.seconds()}
                 model.eval()
                 try:
                     path = write_checkpoint(run_dir, step, model, state, keep=c.keep_checkpoints)
@@ -509,7 +519,32 @@ class _Run:
         bar = tqdm(total=total, initial=start_step, desc=f"train {run_dir.name}", unit="step",
                    disable=not (c.progress and self.main), dynamic_ncols=True, smoothing=0.05)
         model.train()
-        batches = iter(train_loader(train_data, sampler, workers, pin))
+        if c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
+            tensor_augment = TensorAugment(model.preprocessing.mean, model.preprocessing.std, crop=c.crop,
+                                           crop_min_area=c.crop_min_area, crop_padding=c.crop_padding,
+                                           hflip=c.hflip, random_erasing=c.random_erasing)
+            batches = iter(TensorBatches(stack_images(train_set), train_set.labels, sampler, tensor_augment))
+        else:
+            batches = iter(train_loader(train_data, sampler, workers, pin))
+        schedule = Schedule(c, total, warmup, model.config.image_size[0],
+                            model.config.patch_size[0] * model.config.stem_stride)
+        resize_inputs = c.pipeline == "tensor" or bool(c.progressive_min_size)
+        clock = TrainClock(float(resume_ckpt.state.get("train_seconds") or 0.0) if resume_ckpt is not None else 0.0)
+        eval_interval = 60.0 * c.eval_every_minutes
+        next_timed_eval = (math.floor(clock.seconds() / eval_interval) + 1) * eval_interval if eval_interval else None
+        out_of_time = False
+
+        def training_seconds() -> float:
+            """The clock, the same on every rank (rank clocks differ a little, and a rank that stopped or
+            evaluated alone would leave the others waiting): the largest, when anything depends on it."""
+            seconds = clock.seconds()
+            if info.enabled and (c.budget_minutes or eval_interval):
+                import torch.distributed as dist
+
+                shared = torch.tensor([seconds], dtype=torch.float64, device=device)
+                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+                seconds = float(shared)
+            return seconds
 
         def new_window() -> dict[str, Any]:
             """Sums since the last training record, kept on the device so that no step waits for a sync."""
@@ -557,8 +592,11 @@ class _Run:
             window = new_window()
 
         try:
+            clock.start()
+            seconds = training_seconds()
             for step in range(start_step, end_step):
-                lr = learning_rate(step, total, c.lr, warmup, c.schedule, c.min_lr)
+                plan = schedule.at(step, seconds)
+                lr = plan.lr
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.manual_seed(mix_seed(c.seed, step, info.rank, 0xD209))  # dropout, stochastic depth
@@ -567,6 +605,8 @@ class _Run:
                     images, labels = next(batches)
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
+                    if resize_inputs:  # progressive resolution; the tensor path's images at the model's size
+                        images = resize_batch(images, plan.image_size)
                     images, targets = mix_batch(images, labels, num_classes, mixup_alpha=c.mixup_alpha,
                                                 cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
                                                 smoothing=c.label_smoothing,
@@ -626,17 +666,28 @@ class _Run:
                 done = step + 1
                 faults.hit("step.end", done)
                 bar.update(1)
+                seconds = training_seconds()
+                if schedule.out_of_time(seconds):  # budget_minutes spent: this step is the last
+                    end_step, out_of_time = done, True
                 due_eval = val_batches is not None and eval_every > 0 and done % eval_every == 0 and done < end_step
+                if next_timed_eval is not None and seconds >= next_timed_eval:
+                    due_eval = due_eval or (val_batches is not None and done < end_step)
+                    while next_timed_eval <= seconds:
+                        next_timed_eval += eval_interval
                 due_save = c.checkpoint_every > 0 and done % c.checkpoint_every == 0 and done < end_step
                 if done % c.log_every == 0 or due_eval or due_save or done == end_step:
                     flush(done)
                 if due_eval:
-                    result, result_ema = run_eval(done)
+                    with clock.paused():
+                        result, result_ema = run_eval(done)
                     if result is not None:
                         self.say(f"step {done}: {splits.val_name} top-1 {100 * result.top1:.2f}%"
                                  + (f", EMA {100 * result_ema.top1:.2f}%" if result_ema is not None else ""))
                 if due_save:
-                    save(done)
+                    with clock.paused():
+                        save(done)
+                if done == end_step:
+                    break
             flush(end_step)
             bar.close()
             final, final_ema = run_eval(end_step)
@@ -653,7 +704,7 @@ class _Run:
                 except Exception as e:  # a figure must never cost a run
                     self.say(f"could not draw {PLOT_FILE}: {e}")
 
-        finished = end_step == total
+        finished = end_step == total or out_of_time
         seconds = time.time() - started
         if self.main and finished:
             from ..checkpoints import save as save_model
@@ -665,7 +716,7 @@ class _Run:
                 ema.copy_to(ema_model)
                 save_model(ema_model.cpu(), run_dir / "model_ema.safetensors")
         summary = {"kind": "summary", "step": end_step, "finished": finished, "seconds": round(seconds, 2),
-                   "bad_files": len(splits.bad_files)}
+                   "train_seconds": round(clock.seconds(), 2), "bad_files": len(splits.bad_files)}
         if skipped_steps:
             summary["skipped_steps"] = skipped_steps
         if final is not None:
