@@ -201,7 +201,7 @@ class MetricsLog:
             from .plots import read_metrics
 
             kept = [r for r in read_metrics(path) if r.get("step", 0) < keep_through_step
-                    or r.get("step", 0) == keep_through_step and not (redo_evals and r.get("kind") == "eval")]
+                    or r.get("step", 0) == keep_through_step and not (redo_evals and r.get("kind") in ("eval", "clock"))]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_through_step is None and path.exists():
             path.unlink()
