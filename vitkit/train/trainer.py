@@ -200,8 +200,9 @@ class MetricsLog:
             from ..checkpoints.io import atomic_write_text
             from .plots import read_metrics
 
+            redone = ("eval", "clock") if redo_evals else ()
             kept = [r for r in read_metrics(path) if r.get("step", 0) < keep_through_step
-                    or r.get("step", 0) == keep_through_step and not (redo_evals and r.get("kind") in ("eval", "clock"))]
+                    or r.get("step", 0) == keep_through_step and r.get("kind") not in redone]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_through_step is None and path.exists():
             path.unlink()
