@@ -587,6 +587,8 @@ class _Run:
                       "loss": float(sums[0]) / (max(window["steps"] - window["skipped"], 1) * info.world_size),
                       "accuracy": float(sums[1]) / max(images, 1.0), "lr": lr, "grad_norm": float(grad_norm),
                       "images_per_sec": images / elapsed}
+            if resize_inputs:
+                record["image_size"] = plan.image_size  # progressive resolution: the last step's
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}",
                             lr=f"{lr:.2e}", refresh=False)
