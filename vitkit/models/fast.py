@@ -130,8 +130,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
     B, H, N, d = q.shape
     q, k, v = (t.reshape(B * H, N, d) for t in (q, k, v))  # (B * heads, N, head_dim)
-    # the scale rides on the product's alpha; beta=0 ignores the (broadcast) input
-    scores = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (B * heads, N, N)
+    # The scale rides on the product's alpha; beta=0 ignores the (broadcast) input. When training, the scores are
+    # computed in float32, as the flash kernel keeps them: bfloat16 scores would double the drift of the loss from
+    # the plain path's (measured over 20 steps) for a 1.5x faster attention; inference keeps bfloat16.
+    if torch.is_grad_enabled() and q.requires_grad and q.dtype != torch.float32:
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.baddbmm(q.new_zeros(1, 1, 1, dtype=torch.float32), q.float(), k.float().transpose(1, 2),
+                                   beta=0, alpha=d**-0.5)  # (B * heads, N, N)
+    else:
+        scores = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)
     weights = scores.softmax(dim=-1)  # float32 under autocast
     attended = weights.to(v.dtype)
     if dropout_p > 0:
