@@ -5,8 +5,8 @@ What it does and why (numbers from `vitkit bench` on a 2-core AVX-512 CPU; see R
     matrix product. PyTorch's own `F.linear` goes to MKL for float32, which on this AMD CPU is ~15% slower than
     oneDNN, then spends a separate pass on GELU (and on copying the bias into the output).
   - bfloat16 attention on the CPU (up to 577 tokens): explicit `softmax(q k^T / sqrt(d)) v` with batched matrix
-    products instead of `scaled_dot_product_attention`, whose CPU flash kernel is ~1.6x slower forward and ~2.6x
-    slower forward + backward in bfloat16 at 197 tokens. float32 and GPUs keep `scaled_dot_product_attention`.
+    products instead of `scaled_dot_product_attention`, whose CPU flash kernel is ~1.6x slower forward at 197 tokens
+    and ~3x slower forward + backward at 65 (CIFAR-size). float32 and GPUs keep `scaled_dot_product_attention`.
   - `optimize_for_inference`: a frozen copy whose weights are cast once (bfloat16 without autocast re-casting every
     weight at every call), run under `torch.inference_mode`, optionally `torch.compile`d.
 
@@ -26,10 +26,10 @@ from torch import nn
 
 _state = threading.local()
 
-# Sequence length up to which bfloat16 attention on the CPU is explicit. Measured (one core, batch 8, 12 heads of 64):
-# forward 11 vs 18 ms at N = 197, 39 vs 62 ms at 401, a tie at 577, 230 vs 212 ms at 785 (explicit vs flash);
-# forward + backward 6.5 vs 17 ms at 197 and 67 vs 116 ms at 577 (batch 4, 6 heads). The explicit form also holds the
-# (B, heads, N, N) weights for the backward, which grows with N^2.
+# Sequence length up to which bfloat16 attention on the CPU is explicit. Measured on one core, explicit vs flash:
+# forward (batch 8, 12 heads of 64) 11 vs 18 ms at N = 197, 39 vs 62 ms at 401, a tie at 577, 230 vs 212 ms at 785;
+# forward + backward with float32 scores (batch 4, 6 heads) 26 vs 30 ms at 257, 100 vs 124 ms at 577, and 31 vs
+# 102 ms at 65 tokens (batch 128, 3 heads). The explicit form holds (B, heads, N, N) weights: memory grows with N^2.
 EXPLICIT_ATTENTION_MAX_TOKENS = 577
 
 
