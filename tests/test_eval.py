@@ -105,6 +105,21 @@ def test_eval_on_every_image_of_a_folder(folder_run, tmp_path, capsys):
     assert report["images"] == 36 and report["split"] == "all" and (out / "confusion.png").is_file()
 
 
+def test_eval_int8_quantized_agrees_with_float32(folder_run, tmp_path, capsys):
+    pytest.importorskip("torchao")
+    result, data = folder_run
+    reports = {}
+    for precision in ("fp32", "int8"):
+        assert main(["eval", "--checkpoint", str(result.run_dir), "--precision", precision, "--json",
+                     "--out", str(tmp_path / precision), "--no-progress"]) == 0
+        reports[precision] = json.loads(capsys.readouterr().out)
+    assert reports["int8"]["precision"] == "int8" and reports["int8"]["images"] == 9
+    # nine images of a tiny model: int8 may move at most one of them
+    assert abs(reports["int8"]["top1"] - reports["fp32"]["top1"]) <= 1 / 9 + 1e-9
+    assert reports["int8"]["loss"] == pytest.approx(reports["fp32"]["loss"], rel=0.05)
+    assert reports["int8"]["loss"] != reports["fp32"]["loss"]  # the quantized model did run
+
+
 def test_eval_of_imported_checkpoints_needs_nothing_else(tmp_path, capsys):
     """The same weights as a timm .pth (no names, no preprocessing) and as a Hugging Face folder."""
     result = train(tiny_config(tmp_path, steps=4), log=quiet)

@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=0.01, help="stop when more of the files are unreadable")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=-1, help="loader processes (-1 chooses)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                   help="fp32; bf16 or fp16 autocast; int8: the dense layers quantized by torchao (dynamic int8, "
+                   "CPU only), to see what quantization costs in accuracy")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", metavar="DIR", help="where to write results.json and confusion.png (default: "
                    "RUN/eval-<split> for a run's checkpoint, else eval-<checkpoint name>)")
@@ -103,7 +105,18 @@ def run(args) -> int:
     device = pick_device(args.device)
     model.to(device)
     batches = eval_batches(model, images, args.batch_size, args.num_workers, label_map=label_map)
-    counts = evaluate(model, batches, model.num_classes, device, args.precision, progress=not args.no_progress,
+    precision = args.precision
+    if precision == "int8":
+        from ..models.fast import quantize_int8
+
+        if device.type != "cpu":
+            raise UsageError(f"--precision int8 runs on the CPU only, not on --device {device}")
+        try:
+            model = quantize_int8(model)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        precision = "fp32"  # activations stay float32 between the quantized layers
+    counts = evaluate(model, batches, model.num_classes, device, precision, progress=not args.no_progress,
                       desc=f"eval {splits.val_name}", total=len(batches))
     result = counts.result()
 
@@ -119,7 +132,7 @@ def run(args) -> int:
                          title=f"{Path(args.checkpoint).name} on {splits.val_name} ({result.count:,} images)")
     report = {
         "checkpoint": str(args.checkpoint), "data": str(data), "split": splits.val_name, "images": result.count,
-        "top1": result.top1, "top5": result.top5, "loss": result.loss,
+        "precision": args.precision, "top1": result.top1, "top5": result.top5, "loss": result.loss,
         "per_class": {name: (None if np.isnan(acc) else float(acc)) for name, acc in zip(names, per_class)},
         "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()},
         "skipped_files": [p for p, _ in splits.bad_files],
@@ -142,7 +155,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{Path(args.checkpoint)} on {data} ({splits.val_name}, {result.count:,} images):")
+    shown_precision = "" if args.precision == "fp32" else f", {args.precision}"
+    print(f"{Path(args.checkpoint)} on {data} ({splits.val_name}, {result.count:,} images{shown_precision}):")
     print(f"  top-1 {100 * result.top1:.2f}%   top-5 {100 * result.top5:.2f}%   loss {result.loss:.4f}")
     width = max(len(n) for n in names)
     print("  per class:")
