@@ -84,6 +84,66 @@ def test_keep_weights_still_works_on_the_fast_path(images):
     assert rel_err(out, plain(model, x)) < 1e-5
 
 
+def test_attention_with_fewer_queries_than_keys():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (1, 17, 17))
+    want = F.scaled_dot_product_attention(q, k, v)
+    got, weights = fast.attention(q, k, v, keep_weights=True)
+    assert rel_err(got, want) < 1e-6 and weights.shape == (2, 3, 1, 17)
+    got16, _ = fast.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert got16.shape == (2, 3, 1, 16) and rel_err(got16.float(), want) < 2e-2
+
+
+def last_block_tokens(model, x, hook_on=None):
+    """The token counts the last block's MLP processed in an inference forward, and the output."""
+    from vitkit.models import vit
+
+    counter = []
+    fc1 = model.blocks[-1].mlp.fc1
+    original = vit.linear
+
+    def counting(inp, layer, *args, **kwargs):
+        if layer is fc1:
+            counter.append(inp.shape[1])
+        return original(inp, layer, *args, **kwargs)
+
+    vit.linear = counting
+    extra = hook_on.register_forward_hook(lambda *a: None) if hook_on is not None else None
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        vit.linear = original
+        if extra is not None:
+            extra.remove()
+    return counter, out
+
+
+def test_inference_computes_only_the_class_token_in_the_last_block(images):
+    """With the class token's head, the last block's MLP sees one token at inference, and the logits are the
+    plain path's; training, hooks, attention capture and pooling by mean keep every token."""
+    model = tiny()
+    x = images(3, 16)
+    counter, out = last_block_tokens(model, x)
+    assert counter == [1] and rel_err(out, plain(model, x)) < 1e-5
+    bf16 = optimize_for_inference(model, "bfloat16")
+    assert rel_err(bf16(x).float(), plain(model, x)) < 3e-2
+    assert last_block_tokens(model, x, hook_on=model.norm)[0] == [17]  # a hook expects every token
+    assert last_block_tokens(model, x, hook_on=model.blocks[-1])[0] == [17]
+    model.blocks[-1].attn.keep_weights = True
+    assert last_block_tokens(model, x)[0] == [17]
+    model.blocks[-1].attn.keep_weights = False
+    model.train()
+    assert last_block_tokens(model, x)[0] == [17]
+    gap = tiny(pool="gap")
+    counter, out = last_block_tokens(gap, x)
+    assert counter == [16] and rel_err(out, plain(gap, x)) < 1e-5
+    hybrid = randomize_(vitkit.create_model("R+ViT-Ti/16", image_size=32, depth=2, num_classes=5), seed=2).eval()
+    x32 = images(2, 32)
+    counter, out = last_block_tokens(hybrid, x32)
+    assert counter == [1] and rel_err(out, plain(hybrid, x32)) < 1e-5
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_fast_path_gradients_match_plain_path(images, precision):
     """Training uses explicit attention for bf16 (autocast) on the CPU; gradients agree with the plain path."""

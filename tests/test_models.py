@@ -56,6 +56,17 @@ def test_flop_count_matches_hand_count():
     assert vitkit.count_flops(variant_config("ViT-S/32")) == _vit_flops(384, 12, 1536, 50, 3 * 32 * 32)
 
 
+def test_inference_flop_count_leaves_out_the_last_blocks_patch_tokens():
+    """At inference the last block computes the class token's output alone: the attention output projection, the
+    MLP and the attention products of the other N - 1 queries are skipped (pooling by mean keeps them)."""
+    n, d, mlp = 197, 768, 3072
+    skipped = (n - 1) * (2 * d * d + 2 * 2 * d * mlp) + (n - 1) * 2 * (2 * n * d)
+    config = variant_config("ViT-B/16")
+    assert vitkit.count_flops(config) - vitkit.count_flops(config, inference=True) == skipped
+    gap = variant_config("ViT-B/16", pool="gap")
+    assert vitkit.count_flops(gap, inference=True) == vitkit.count_flops(gap)
+
+
 def test_variant_names_and_overrides():
     c = variant_config("ViT-B_16", num_classes=10, image_size=384)  # the original file naming works too
     assert (c.width, c.depth, c.num_heads, c.mlp_dim, c.patch_size) == (768, 12, 12, 3072, (16, 16))

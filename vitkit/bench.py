@@ -559,6 +559,11 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
                 x = batch if task == "infer" else batch[:1]
                 candidates = _inference_candidates(settings, precision, model, peers, x, device)
                 images, flops, ref = x.shape[0], count_flops(config, x.shape[0]), reference[task]
+                executed = count_flops(config, x.shape[0], inference=True)
+                if executed < flops and precision == settings.precisions[0]:
+                    notes.append(f"{task}: vitkit's inference executes {executed / flops:.1%} of the counted FLOPs "
+                                 "(its last block computes the class token's output alone); GFLOP/s and %ceil "
+                                 "count them all, for every implementation")
             rows += _measure(candidates, settings, device, images, flops, ceilings, ref, task)
             if task == "train" and settings.loss_steps > 0:
                 log(f"train, {precision}: loss trajectories over {settings.loss_steps} steps")

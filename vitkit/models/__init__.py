@@ -30,25 +30,29 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(config: ViTConfig, batch_size: int = 1) -> int:
+def count_flops(config: ViTConfig, batch_size: int = 1, inference: bool = False) -> int:
     """Floating-point operations of one forward at the config's image size (a multiply-add counts 2).
 
     Counted by PyTorch's FlopCounterMode on the meta device (no memory spent on weights), for one and two blocks;
-    the blocks being identical, the count for `depth` blocks follows exactly.
+    the blocks being identical, the count for `depth` blocks follows exactly. `inference=True` counts what an
+    inference forward executes: with the class token's head, the last block computes the class token alone.
     """
-    one, two = (_counted_flops(config.replace(depth=d, drop_path=0.0), batch_size) for d in (1, 2))
+    one, two = (_counted_flops(config.replace(depth=d, drop_path=0.0), batch_size, inference) for d in (1, 2))
     return one + (config.depth - 1) * (two - one)
 
 
-def _counted_flops(config: ViTConfig, batch_size: int) -> int:
+def _counted_flops(config: ViTConfig, batch_size: int, inference: bool = False) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = VisionTransformer(config)
+        model = VisionTransformer(config).train(not inference)
         images = torch.empty(batch_size, config.in_channels, *config.image_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(images)
+    with torch.no_grad():
+        # decided before counting: the counter's own module hooks would turn the shortcut off
+        forward = model._forward_class_token_only if model._class_token_shortcut() else model
+        counter = FlopCounterMode(display=False)
+        with counter:
+            forward(images)
     return counter.get_total_flops()
 
 

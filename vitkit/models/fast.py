@@ -123,20 +123,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
               keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(q k^T / sqrt(head_dim)) v for q, k, v of shape (B, heads, N, head_dim).
 
-    Returns the output (B, heads, N, head_dim) and, with keep_weights, the attention weights (B, heads, N, N)
-    before dropout. `dropout_p` is applied as given (pass 0 outside training).
+    Returns the output (B, heads, N, head_dim) and, with keep_weights, the attention weights (B, heads, N, M)
+    before dropout, for N queries and M keys and values. `dropout_p` is applied as given (pass 0 outside training).
     """
     if not keep_weights and not _explicit_attention_preferred(q):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
-    B, H, N, d = q.shape
-    q, k, v = (t.reshape(B * H, N, d) for t in (q, k, v))  # (B * heads, N, head_dim)
+    B, H, N, d = q.shape  # N queries; the keys and values may be more (k.shape[2])
+    M = k.shape[2]
+    q, k, v = q.reshape(B * H, N, d), k.reshape(B * H, M, d), v.reshape(B * H, M, d)  # (B * heads, tokens, head_dim)
     # The scale rides on the product's alpha; beta=0 ignores the (broadcast) input. When training, the scores are
     # computed in float32, as the flash kernel keeps them: bfloat16 scores would double the drift of the loss from
     # the plain path's (measured over 20 steps) for a 1.5x faster attention; inference keeps bfloat16.
     if torch.is_grad_enabled() and q.requires_grad and q.dtype != torch.float32:
         with torch.autocast(q.device.type, enabled=False):
             scores = torch.baddbmm(q.new_zeros(1, 1, 1, dtype=torch.float32), q.float(), k.float().transpose(1, 2),
-                                   beta=0, alpha=d**-0.5)  # (B * heads, N, N)
+                                   beta=0, alpha=d**-0.5)  # (B * heads, N, M)
     else:
         scores = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)
     weights = scores.softmax(dim=-1)  # float32 under autocast
@@ -144,7 +145,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
     if dropout_p > 0:
         attended = F.dropout(attended, dropout_p)
     x = torch.bmm(attended, v).view(B, H, N, d)
-    return x, (weights.view(B, H, N, N) if keep_weights else None)
+    return x, (weights.view(B, H, N, M) if keep_weights else None)
 
 
 class InferenceModel(nn.Module):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import Preprocessing, ViTConfig, to_pair
-from .fast import attention, linear
+from .fast import _tracing as is_tracing
+from .fast import attention, fast_path_enabled, linear
 from .posemb import resample_axis, resample_pos_embed, sincos_2d
 from .resnet import ResNetStem, _lecun_normal_
 
@@ -56,15 +57,19 @@ class Attention(nn.Module):
         self.keep_weights = False
         self.last_weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with `num_queries` n, the outputs of the first n tokens only, (B, n, D) (every
+        token is still a key and a value)."""
         B, N, D = x.shape
         qkv = linear(x, self.qkv).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim), views of the one projection
+        if num_queries is not None:
+            q = q[:, :, :num_queries]
         dropout_p = self.attention_dropout if self.training else 0.0
-        x, weights = attention(q, k, v, dropout_p, keep_weights=self.keep_weights)  # (B, heads, N, head_dim)
+        x, weights = attention(q, k, v, dropout_p, keep_weights=self.keep_weights)  # (B, heads, n, head_dim)
         if self.keep_weights:
             self.last_weights = weights.detach()
-        x = x.transpose(1, 2).reshape(B, N, D)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.proj_drop(linear(x, self.proj))
 
 
@@ -120,6 +125,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The block's output for the first `n` tokens only, (B, n, D): what `forward(x)[:, :n]` computes, without
+        the attention output, MLP and norm of the other tokens (which attend to nothing further)."""
+        x = x[:, :n] + self.drop_path(self.attn(self.norm1(x), num_queries=n))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -263,7 +274,28 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self._class_token_shortcut():
+            # Inference with the class token's head: the last block's outputs for the patch tokens feed nothing,
+            # so it computes the class token's alone (its keys and values still come from every token). Same
+            # function; about 6% less work for ViT-B/16.
+            return self._forward_class_token_only(images)
         return self.forward_head(self.forward_features(images))
+
+    def _forward_class_token_only(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[:-1](self.embed(images))
+        return self.forward_head(self.norm(self.blocks[-1].forward_prefix(x, 1)))
+
+    def _class_token_shortcut(self) -> bool:
+        c = self.config
+        if (c.pool != "token" or c.norm_after_pool or not c.class_token or self.training or torch.is_grad_enabled()
+                or not fast_path_enabled() or is_tracing() or len(self.blocks) == 0):
+            return False
+        last = self.blocks[-1]
+        if type(last) is not Block or last.attn.keep_weights or nn.modules.module._global_forward_hooks \
+                or nn.modules.module._global_forward_pre_hooks:
+            return False
+        # a hook on the last block or the final norm expects every token's output
+        return not any(m._forward_hooks or m._forward_pre_hooks for part in (last, self.norm) for m in part.modules())
 
     # ----------------------------------------------------------------------------------------- adaptation
     @torch.no_grad()
