@@ -197,6 +197,13 @@ def read_run(run_dir: Path) -> dict:
     return info
 
 
+def reread(run: dict) -> dict:
+    """A run record of an earlier results file, its curve read again from its run folder."""
+    kept = {k: v for k, v in run.items() if k not in ("curve", "minutes_to", "final_top1", "final_top1_ema")}
+    kept.update(read_run(Path(run["run_dir"])))
+    return kept
+
+
 def best(point: dict) -> float:
     return max(point.get("top1", 0.0), point.get("top1_ema", 0.0))
 
@@ -207,6 +214,14 @@ def minutes_to(curve: list[dict], accuracy: float) -> float | None:
         if best(point) >= accuracy:
             return point["minutes"]
     return None
+
+
+def resources(run: dict) -> str:
+    """What the run had of the machine: one pinned core (together) or its threads (sequential)."""
+    if run.get("mode") == "together":
+        return "one core"
+    threads = (run.get("config") or {}).get("threads")
+    return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "all cores"
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -220,7 +235,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         curve = run.get("curve") or []
         if not curve:
             continue
-        label = f"{run['recipe']} ({(run.get('parameters') or 0) / 1e6:.1f}M params)"
+        label = f"{run['recipe']} ({(run.get('parameters') or 0) / 1e6:.1f}M params, {resources(run)})"
         line, = ax.plot([p["minutes"] for p in curve], [100 * p.get("top1", float("nan")) for p in curve],
                         marker="o", ms=3.5, lw=1.6, label=label)
         if any("top1_ema" in p for p in curve):
@@ -252,8 +267,10 @@ def write_results(results: list[dict], out: Path, args_record: dict) -> dict:
         run["final_top1_ema"] = curve[-1].get("top1_ema") if curve else None
     (out / RESULTS_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     loads = [r["load_average_1min"]["mean"] for r in results if r.get("load_average_1min")]
-    title = (f"CIFAR-10 from scratch, {data['machine']['cores']} cores"
-             + (f", {args_record.get('mode')}" if args_record.get("mode") else "")
+    modes = {r.get("mode") for r in results}
+    how = {"together": "runs side by side, one core each", "sequential": "one run at a time"}
+    title = (f"CIFAR-10 from scratch on a {data['machine']['cores']}-core CPU"
+             + (f", {how.get(modes.pop(), '')}" if len(modes) == 1 else "")
              + (f"; load average {min(loads):.1f}-{max(loads):.1f} during the runs" if loads else ""))
     plot(results, out / PLOT_FILE, title)
     return data
@@ -261,8 +278,8 @@ def write_results(results: list[dict], out: Path, args_record: dict) -> dict:
 
 def print_table(data: dict) -> None:
     for run in data["runs"]:
-        print(f"\n{run['recipe']}: {run.get('parameters') or 0:,} parameters; wall {run.get('wall_seconds')} s, "
-              f"CPU {run.get('cpu_seconds')} s, load average {run.get('load_average_1min', {}).get('mean')}")
+        print(f"\n{run['recipe']} ({resources(run)}): {run.get('parameters') or 0:,} parameters; "
+              f"wall {run.get('wall_seconds')} s, CPU {run.get('cpu_seconds')} s, load average {run.get('load_average_1min', {}).get('mean')}")
         for p in run.get("curve", []):
             ema = f"  (EMA {100 * p['top1_ema']:.2f}%)" if "top1_ema" in p else ""
             print(f"  {p['minutes']:6.1f} min  step {p['step']:6d}  epoch {p['epoch']:6.2f}  "
@@ -284,16 +301,24 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/cifar10", help="folder of the logs, runs, JSON and PNG")
     p.add_argument("--background", action="store_true", help="run detached from this terminal; prints the log")
     p.add_argument("--replot", metavar="OUT", help="rebuild the JSON and PNG of an earlier --out folder")
+    p.add_argument("--merge", nargs="+", metavar="OUT", help="one JSON and PNG (in --out) of the runs of several "
+                   "earlier --out folders")
     args = p.parse_args(argv)
+
+    if args.merge:
+        results, settings = [], {"merged": args.merge}
+        for folder in args.merge:
+            old = json.loads((Path(folder) / RESULTS_FILE).read_text(encoding="utf-8"))
+            results += [{**reread(run), "settings": old.get("settings", {})} for run in old["runs"]]
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        print_table(write_results(results, out, settings))
+        return 0
 
     if args.replot:
         out = Path(args.replot)
         old = json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
-        results = []
-        for run in old["runs"]:
-            kept = {k: v for k, v in run.items() if k not in ("curve", "minutes_to", "final_top1", "final_top1_ema")}
-            kept.update(read_run(Path(run["run_dir"])))
-            results.append(kept)
+        results = [reread(run) for run in old["runs"]]
         print_table(write_results(results, out, old.get("settings", {})))
         return 0
     if not args.data:

@@ -265,5 +265,15 @@ def test_the_benchmark_reads_a_runs_curve_and_draws_it(fast_run, tmp_path):
     assert (tmp_path / bench.RESULTS_FILE).is_file()
     assert (tmp_path / bench.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(data["runs"][0]["minutes_to"]) == {"50%", "60%", "70%", "75%", "80%"}
+    # two benchmark folders (runs side by side on one core each; one run with two threads) merged into one figure
+    run = {"recipe": "cifar10-fast", "run_dir": str(result.run_dir)}
+    for folder, mode in (("a", "together"), ("b", "sequential")):
+        (tmp_path / folder).mkdir()
+        bench.write_results([{**run, "mode": mode}], tmp_path / folder, {"mode": mode})
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    merged = json.loads((tmp_path / "ab" / bench.RESULTS_FILE).read_text())
+    assert [bench.resources(r) for r in merged["runs"]] == ["one core", "1 thread"]
+    assert all(r["curve"] == info["curve"] for r in merged["runs"])
+    assert (tmp_path / "ab" / bench.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = [{"minutes": 1.0, "top1": 0.5}, {"minutes": 2.0, "top1": 0.7, "top1_ema": 0.76}]
     assert bench.minutes_to(curve, 0.75) == 2.0 and bench.minutes_to(curve, 0.8) is None
