@@ -106,3 +106,20 @@ def test_checkpoint_weights_are_the_ones_measured(tmp_path):
     assert [r["implementation"] for r in report["results"]] == ["vitkit", "timm"]
     assert all(r["rel_err"] < 1e-5 for r in report["results"])
     assert "tiny.safetensors" in format_report(report)
+
+
+def test_readme_table_script_renders_a_saved_report():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_table", root / "benchmarks" / "bench_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = json.loads((root / "benchmarks" / "results" / "bench" / "vit-b16-cpu.json").read_text())
+    rows = module.rows(report)
+    assert len(rows) == len(report["results"])
+    timm_bf16 = next(r for r in report["results"] if r["implementation"] == "timm" and r["task"] == "infer"
+                     and r["regime"] == "autocast bf16")
+    line = next(row for row in rows if "| timm | autocast bf16 |" in row and row.startswith("| inference"))
+    assert f"{timm_bf16['vitkit_speedup_paired']:.2f}x" in line and "width 768, depth 12" in line
