@@ -48,7 +48,16 @@ def plain_path():
         _state.enabled = previous
 
 
-def _tracing() -> bool:
+def hooks_watch(*modules: nn.Module) -> bool:
+    """Whether a forward hook (global, or on any of `modules` or their submodules) would see a module's call: the
+    fast path's shortcuts, which skip calls or change what they see, then step aside."""
+    module_globals = nn.modules.module
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module.modules())
+
+
+def is_tracing() -> bool:
     return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
             or torch.onnx.is_in_onnx_export())
 
@@ -63,9 +72,9 @@ def _onednn_bf16() -> bool:
 def _use_onednn(x: torch.Tensor, layer: nn.Module) -> bool:
     """oneDNN's fused dense kernel has no autograd formula and no autocast rule: inference on plain tensors only,
     for plain `nn.Linear` layers (not quantized or otherwise replaced ones) that no hook watches."""
-    if not fast_path_enabled() or _tracing() or torch.is_grad_enabled() or type(layer) is not nn.Linear:
+    if not fast_path_enabled() or is_tracing() or torch.is_grad_enabled() or type(layer) is not nn.Linear:
         return False
-    if layer._forward_hooks or layer._forward_pre_hooks or nn.modules.module._global_forward_hooks:
+    if hooks_watch(layer):
         return False
     if x.device.type != "cpu" or not torch.backends.mkldnn.is_available() or torch.is_autocast_enabled("cpu"):
         return False
@@ -115,7 +124,7 @@ def pack_linear_weights(model: nn.Module, batch_tokens: int = 1024) -> int:
 
 
 def _explicit_attention_preferred(q: torch.Tensor) -> bool:
-    return (fast_path_enabled() and not _tracing() and q.device.type == "cpu"
+    return (fast_path_enabled() and not is_tracing() and q.device.type == "cpu"
             and q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS)
 
 
@@ -204,5 +213,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["linear", "attention", "plain_path", "fast_path_enabled", "pack_linear_weights", "InferenceModel",
-           "optimize_for_inference", "quantize_int8", "EXPLICIT_ATTENTION_MAX_TOKENS"]
+__all__ = ["linear", "attention", "plain_path", "fast_path_enabled", "hooks_watch", "is_tracing",
+           "pack_linear_weights", "InferenceModel", "optimize_for_inference", "quantize_int8",
+           "EXPLICIT_ATTENTION_MAX_TOKENS"]

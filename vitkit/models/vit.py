@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import Preprocessing, ViTConfig, to_pair
-from .fast import _tracing as is_tracing
-from .fast import attention, fast_path_enabled, linear
+from .fast import attention, fast_path_enabled, hooks_watch, is_tracing, linear
 from .posemb import resample_axis, resample_pos_embed, sincos_2d
 from .resnet import ResNetStem, _lecun_normal_
 
@@ -291,11 +290,8 @@ class VisionTransformer(nn.Module):
                 or not fast_path_enabled() or is_tracing() or len(self.blocks) == 0):
             return False
         last = self.blocks[-1]
-        if type(last) is not Block or last.attn.keep_weights or nn.modules.module._global_forward_hooks \
-                or nn.modules.module._global_forward_pre_hooks:
-            return False
         # a hook on the last block or the final norm expects every token's output
-        return not any(m._forward_hooks or m._forward_pre_hooks for part in (last, self.norm) for m in part.modules())
+        return type(last) is Block and not last.attn.keep_weights and not hooks_watch(last, self.norm)
 
     # ----------------------------------------------------------------------------------------- adaptation
     @torch.no_grad()

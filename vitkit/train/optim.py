@@ -34,14 +34,10 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
     groups = param_groups(model, config.weight_decay)
     if config.optimizer == "adam":
         kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, weight_decay=config.weight_decay)
-        devices = {p.device.type for g in groups for p in g["params"]}
-        if len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
-                p.dtype in (torch.float32, torch.float16, torch.bfloat16) for g in groups for p in g["params"]):
-            try:  # one fused kernel for the whole update (CPU and CUDA); the same arithmetic as the loop
-                return torch.optim.AdamW(groups, fused=True, **kwargs)
-            except (RuntimeError, ValueError):
-                pass
-        return torch.optim.AdamW(groups, **kwargs)
+        try:  # one fused kernel for the whole update (CPU and CUDA); AdamW refuses devices and dtypes it lacks
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            return torch.optim.AdamW(groups, **kwargs)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
