@@ -41,7 +41,7 @@ from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoint
                          resolve_model_path, write_checkpoint)
 from .config import ARCHITECTURE_FIELDS, TrainConfig
 from .mixing import mix_batch
-from .optim import EMA, build_optimizer, learning_rate
+from .optim import EMA, build_optimizer
 from .schedule import Schedule, TrainClock
 
 CONFIG_FILE = "config.json"
