@@ -142,6 +142,35 @@ def test_stochastic_depth_and_dropout_only_in_training():
     assert [b.drop_path.rate for b in model.blocks] == [0.0, 0.5]
 
 
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_patch_dropout_keeps_a_random_subset_of_the_embedded_patches_in_training_only(pool):
+    options = {**TINY, "patch_size": 4, "pool": pool}  # 64 patches, 48 of them kept
+    model = randomize_(vitkit.create_model("ViT-Ti/16", **options, patch_dropout=0.25))
+    prefix = model.num_prefix_tokens
+    x = torch.randn(3, 3, 32, 32)
+    full = model.eval().embed(x)
+    assert full.shape == (3, prefix + 64, 32)
+    torch.manual_seed(0)
+    dropped = model.train().embed(x)
+    assert dropped.shape == (3, prefix + 48, 32)
+    assert torch.equal(dropped[:, :prefix], full[:, :prefix])  # the class token always stays
+    kept = []
+    for i in range(3):
+        rows = {tuple(r.tolist()): j for j, r in enumerate(full[i, prefix:])}
+        indices = [rows.get(tuple(r.tolist())) for r in dropped[i, prefix:]]
+        assert None not in indices and len(set(indices)) == 48  # distinct patches, each with its position embedding
+        kept.append(frozenset(indices))
+    assert len(set(kept)) == 3  # a different subset for each image
+    model(x).sum().backward()  # trains through the gather
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+    # evaluation sees every patch: the same function as the model without patch dropout
+    plain = vitkit.create_model("ViT-Ti/16", **options).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval()(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="patch_dropout"):
+        vitkit.create_model("ViT-Ti/16", **options, patch_dropout=1.0)
+
+
 def test_wrong_input_size_names_both_sizes():
     model = vitkit.create_model("ViT-Ti/16", **TINY)
     with pytest.raises(ValueError, match=r"\(48, 32\).*\(32, 32\)"):

@@ -118,6 +118,7 @@ class ViTConfig:
     dropout: float = 0.0  # after the position embeddings, the attention output and each MLP layer
     attention_dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth, rising linearly to this rate over the blocks
+    patch_dropout: float = 0.0  # in training, drop this share of the patch tokens (random per image) after Eq. 1
     dynamic_image_size: bool = False  # resample the position embeddings on the fly for other input sizes
     resnet: ResNetConfig | None = None  # a ResNet stem whose feature map is cut into patches (hybrid)
     name: str | None = None  # the variant this came from, for display only
@@ -146,7 +147,7 @@ class ViTConfig:
         if self.representation_size is not None and (not isinstance(self.representation_size, int)
                                                      or self.representation_size < 1):
             fail(f"representation_size={self.representation_size!r}, expected a positive integer or None")
-        for name in ("dropout", "attention_dropout", "drop_path"):
+        for name in ("dropout", "attention_dropout", "drop_path", "patch_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 fail(f"{name}={value!r}, expected a rate in [0, 1)")

@@ -157,14 +157,14 @@ def load(
       image_size=S    resample the position embeddings to the new grid (bilinear for Google files, as the original
                       code; bicubic otherwise; or as resample_method says)
     Hints for files that do not record them: num_heads (timm and bare HF weights), pool (timm).
-    config_overrides set training-time fields such as dropout or drop_path.
+    config_overrides set training-time fields such as dropout, drop_path or patch_dropout.
     """
     converted = read_checkpoint(path, num_heads=num_heads, pool=pool)
     config = converted.config
     overrides = dict(config_overrides)
     if dynamic_image_size is not None:
         overrides["dynamic_image_size"] = dynamic_image_size
-    runtime_only = {"dropout", "attention_dropout", "drop_path", "dynamic_image_size", "name"}
+    runtime_only = {"dropout", "attention_dropout", "drop_path", "patch_dropout", "dynamic_image_size", "name"}
     bad = sorted(set(overrides) - runtime_only)
     if bad:
         raise TypeError(f"load() got unexpected argument(s): {', '.join(bad)}")

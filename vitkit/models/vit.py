@@ -252,7 +252,22 @@ class VisionTransformer(nn.Module):
                 x = torch.cat([cls, x if pos is None else x + pos], dim=1)
         elif pos is not None:
             x = x + pos
+        if self.training and self.config.patch_dropout > 0:
+            x = self._drop_patches(x)
         return self.pos_drop(x)
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Training only (PatchDropout, Liu et al. 2022; timm's patch_drop_rate): keep a random subset of each
+        image's patch tokens, after their position embeddings were added, so the encoder runs on fewer tokens.
+        The prefix tokens always stay."""
+        prefix = self.num_prefix_tokens
+        n = x.shape[1] - prefix
+        keep = max(1, int(round(n * (1.0 - self.config.patch_dropout))))
+        if keep >= n:
+            return x
+        order = torch.rand(x.shape[0], n, device=x.device).argsort(dim=1)[:, :keep]
+        patches = x[:, prefix:].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """All tokens after the encoder, (B, prefix + N, D); normalised unless norm_after_pool."""

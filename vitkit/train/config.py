@@ -66,6 +66,8 @@ class TrainConfig:
     dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers")
     attention_dropout: float = _f(0.0, "dropout on the attention weights")
     drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)")
+    patch_dropout: float = _f(0.0, "in training, drop this share of each image's patch tokens (a random subset, "
+                              "after the position embeddings): fewer tokens per step, and a regulariser")
     resample_method: str | None = _f(None, "position embedding resampling when the image size changes")
 
     # ---------------------------------------------------------------------------- preprocessing, augmentation

@@ -77,7 +77,8 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
     from ..configs import variant_config
     from ..models import create_model
 
-    runtime = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, drop_path=config.drop_path)
+    runtime = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, drop_path=config.drop_path,
+                   patch_dropout=config.patch_dropout)
     if config.init_from is None:
         overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
         try:
@@ -333,7 +334,7 @@ class _Run:
             from ..checkpoints import load
 
             model = load(resume_ckpt.path / WEIGHTS, dropout=c.dropout, attention_dropout=c.attention_dropout,
-                         drop_path=c.drop_path)
+                         drop_path=c.drop_path, patch_dropout=c.patch_dropout)
         else:
             model = build_model(c, num_classes, self.say)
             model.preprocessing = model_preprocessing(model, c)
