@@ -167,12 +167,14 @@ def test_the_recipes_settings():
         assert config.val_split == "holdout" and config.val_per_class == 500 and config.split_seed == 0
         assert config.budget_minutes == 60 and config.pipeline == "tensor" and config.image_size == 32
     assert (fast.width, fast.depth, fast.patch_size) == (base.width, base.depth, base.patch_size)  # same size
+    assert fast.patch_dropout == 0.5 and fast.cutmix_alpha == 1.0 and fast.mix_prob == 0.5 and fast.mixup_alpha == 0
     # the baseline keeps the paper's plain settings
     assert (base.optimizer, base.beta1, base.beta2, base.grad_clip, base.schedule) == ("adam", 0.9, 0.999, 1.0,
                                                                                         "cosine")
     assert base.crop == "inception" and base.hflip and base.label_smoothing == 0 and base.random_erasing == 0
     assert base.mixup_alpha == base.cutmix_alpha == 0 and base.randaugment_ops == 0 and base.ema_decay == 0
     assert base.progressive_min_size is None and base.pool == "token" and base.posemb == "learned"
+    assert base.patch_dropout == 0
 
 
 # ------------------------------------------------------------------------------ the recipe, end to end
@@ -205,6 +207,8 @@ def test_the_fast_recipe_trains_on_real_cifar10_images(fast_run):
     assert 900_000 < run["parameters"] < 3_000_000
     model = vitkit.load(result.run_dir / "model.safetensors")
     assert model.config.pool == "gap" and model.class_names[:2] == ["airplane", "automobile"]
+    assert model.config.patch_dropout == 0.5  # a training setting, kept like drop_path and overridable on loading
+    assert vitkit.load(result.run_dir / "model.safetensors", patch_dropout=0.0).config.patch_dropout == 0.0
     for key, value in result.model.state_dict().items():
         assert torch.equal(model.state_dict()[key], value)
 
