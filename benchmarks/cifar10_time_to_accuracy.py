@@ -224,6 +224,11 @@ def resources(run: dict) -> str:
     return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "all cores"
 
 
+def name(run: dict) -> str:
+    """The run's name in figures and tables: its label (given with --merge DIR=LABEL), else its recipe."""
+    return run.get("label") or run["recipe"]
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -235,12 +240,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         curve = run.get("curve") or []
         if not curve:
             continue
-        label = f"{run['recipe']} ({(run.get('parameters') or 0) / 1e6:.1f}M params, {resources(run)})"
+        label = f"{name(run)} ({(run.get('parameters') or 0) / 1e6:.1f}M params, {resources(run)})"
         line, = ax.plot([p["minutes"] for p in curve], [100 * p.get("top1", float("nan")) for p in curve],
                         marker="o", ms=3.5, lw=1.6, label=label)
         if any("top1_ema" in p for p in curve):
             ax.plot([p["minutes"] for p in curve], [100 * p.get("top1_ema", float("nan")) for p in curve],
-                    ls="--", lw=1, color=line.get_color(), alpha=0.7, label=f"{run['recipe']}, EMA weights")
+                    ls="--", lw=1, color=line.get_color(), alpha=0.7, label=f"{name(run)}, EMA weights")
         last = curve[-1]
         ax.annotate(f"{100 * best(last):.1f}%", (last["minutes"], 100 * best(last)), textcoords="offset points",
                     xytext=(4, -3), fontsize=8, color=line.get_color())
@@ -278,7 +283,7 @@ def write_results(results: list[dict], out: Path, args_record: dict) -> dict:
 
 def print_table(data: dict) -> None:
     for run in data["runs"]:
-        print(f"\n{run['recipe']} ({resources(run)}): {run.get('parameters') or 0:,} parameters; "
+        print(f"\n{name(run)} ({resources(run)}): {run.get('parameters') or 0:,} parameters; "
               f"wall {run.get('wall_seconds')} s, CPU {run.get('cpu_seconds')} s, load average {run.get('load_average_1min', {}).get('mean')}")
         for p in run.get("curve", []):
             ema = f"  (EMA {100 * p['top1_ema']:.2f}%)" if "top1_ema" in p else ""
@@ -301,15 +306,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/cifar10", help="folder of the logs, runs, JSON and PNG")
     p.add_argument("--background", action="store_true", help="run detached from this terminal; prints the log")
     p.add_argument("--replot", metavar="OUT", help="rebuild the JSON and PNG of an earlier --out folder")
-    p.add_argument("--merge", nargs="+", metavar="OUT", help="one JSON and PNG (in --out) of the runs of several "
-                   "earlier --out folders")
+    p.add_argument("--merge", nargs="+", metavar="OUT[=LABEL]", help="one JSON and PNG (in --out) of the runs of "
+                   "several earlier --out folders; =LABEL names that folder's runs instead of their recipe (say, "
+                   "an earlier version of it)")
     args = p.parse_args(argv)
 
     if args.merge:
         results, settings = [], {"merged": args.merge}
-        for folder in args.merge:
+        for item in args.merge:
+            folder, _, label = item.partition("=")
             old = json.loads((Path(folder) / RESULTS_FILE).read_text(encoding="utf-8"))
-            results += [{**reread(run), "settings": old.get("settings", {})} for run in old["runs"]]
+            runs = [{**reread(run), "settings": old.get("settings", {})} for run in old["runs"]]
+            results += [{**run, "label": label} if label else run for run in runs]
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         print_table(write_results(results, out, settings))

@@ -274,9 +274,11 @@ def test_the_benchmark_reads_a_runs_curve_and_draws_it(fast_run, tmp_path):
     for folder, mode in (("a", "together"), ("b", "sequential")):
         (tmp_path / folder).mkdir()
         bench.write_results([{**run, "mode": mode}], tmp_path / folder, {"mode": mode})
-    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    assert bench.main(["--merge", str(tmp_path / "a"), f"{tmp_path / 'b'}=cifar10-fast, earlier",
+                       "--out", str(tmp_path / "ab")]) == 0
     merged = json.loads((tmp_path / "ab" / bench.RESULTS_FILE).read_text())
     assert [bench.resources(r) for r in merged["runs"]] == ["one core", "1 thread"]
+    assert [bench.name(r) for r in merged["runs"]] == ["cifar10-fast", "cifar10-fast, earlier"]
     assert all(r["curve"] == info["curve"] for r in merged["runs"])
     assert (tmp_path / "ab" / bench.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = [{"minutes": 1.0, "top1": 0.5}, {"minutes": 2.0, "top1": 0.7, "top1_ema": 0.76}]
