@@ -70,6 +70,14 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------- model
+RUNTIME_FIELDS = ("dropout", "attention_dropout", "drop_path", "patch_dropout")
+
+
+def runtime_settings(config: TrainConfig) -> dict:
+    """The model's training-time settings, which come from the training config, also for a loaded checkpoint."""
+    return {k: getattr(config, k) for k in RUNTIME_FIELDS}
+
+
 def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
     """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
     a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
@@ -77,8 +85,7 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
     from ..configs import variant_config
     from ..models import create_model
 
-    runtime = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, drop_path=config.drop_path,
-                   patch_dropout=config.patch_dropout)
+    runtime = runtime_settings(config)
     if config.init_from is None:
         overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
         try:
@@ -333,8 +340,7 @@ class _Run:
         if resume_ckpt is not None:
             from ..checkpoints import load
 
-            model = load(resume_ckpt.path / WEIGHTS, dropout=c.dropout, attention_dropout=c.attention_dropout,
-                         drop_path=c.drop_path, patch_dropout=c.patch_dropout)
+            model = load(resume_ckpt.path / WEIGHTS, **runtime_settings(c))
         else:
             model = build_model(c, num_classes, self.say)
             model.preprocessing = model_preprocessing(model, c)
