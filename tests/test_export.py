@@ -20,7 +20,10 @@ def tiny(**overrides):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"pool": "gap", "posemb": "none", "class_token": False},
-                                       {"posemb_prefix": False, "gelu": "tanh"}])
+                                       {"posemb_prefix": False, "gelu": "tanh"},
+                                       {"dist_token": True, "dist_head": True, "num_reg_tokens": 2, "layer_scale": 0.1,
+                                        "norm_pre": True},
+                                       {"pool": "map", "num_reg_tokens": 1}])
 def test_onnx_dynamic_batch_and_size_match_pytorch(tmp_path, overrides):
     result = export_onnx(tiny(**overrides), tmp_path / "model.onnx")
     shapes = {tuple(c["shape"]) for c in result["checks"]}

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-POOLS = ("token", "gap")
+POOLS = ("token", "gap", "map")
 POSEMBS = ("learned", "learned_2d", "sincos_2d", "none")
 GELUS = ("exact", "tanh")
 
@@ -106,10 +106,19 @@ class ViTConfig:
     num_heads: int = 12
     mlp_dim: int = 3072  # hidden width of each block's MLP
     num_classes: int = 1000  # 0 gives a model without a head (features only)
-    pool: str = "token"  # "token": class token's final state; "gap": mean of the patch tokens
+    pool: str = "token"  # "token": class token's final state; "gap": mean of the patch tokens; "map": attention
+    #                      pooling of the patch tokens by a learned query (big_vision's MAP head, timm's attn_pool)
     class_token: bool | None = None  # prepend a [class] token; None means "only when pool is token"
+    dist_token: bool = False  # DeiT's distillation token, right after the class token
+    dist_head: bool = False  # a second head on the distillation token; the logits are the mean of both heads
+    num_reg_tokens: int = 0  # register tokens (Darcet et al. 2023) after the class and distillation tokens
     posemb: str = "learned"  # "learned" (1D), "learned_2d" (row + column), "sincos_2d" (fixed), "none"
-    posemb_prefix: bool = True  # position embeddings also cover the class token (timm's no_embed_class=False)
+    posemb_prefix: bool = True  # learned position embeddings also cover the class and distillation tokens (timm's
+    #                             no_embed_class=False); register tokens never have position embeddings
+    norm_pre: bool = False  # LayerNorm over the embedded tokens before the encoder (CLIP); the patch projection then
+    #                         has no bias, as in CLIP and timm's pre_norm
+    layer_scale: float | None = None  # LayerScale (CaiT, DeiT III): per-channel scales on each residual branch,
+    #                                   initialised to this value; None: no scales
     representation_size: int | None = None  # Dense + tanh before the head ("pre_logits" of the original)
     gelu: str = "exact"  # "exact" (erf; timm, Hugging Face) or "tanh" (the original JAX code)
     layer_norm_eps: float = 1e-6
@@ -163,6 +172,22 @@ class ViTConfig:
             fail(f"gelu={self.gelu!r}, expected one of {GELUS}")
         if self.pool == "token" and not self.class_token:
             fail("pool='token' needs class_token=True")
+        if not isinstance(self.num_reg_tokens, int) or isinstance(self.num_reg_tokens, bool) or \
+                not 0 <= self.num_reg_tokens <= 1024:
+            fail(f"num_reg_tokens={self.num_reg_tokens!r}, expected an integer in [0, 1024]")
+        if self.layer_scale is not None and (isinstance(self.layer_scale, bool) or
+                                             not isinstance(self.layer_scale, (int, float)) or
+                                             not self.layer_scale > 0):
+            fail(f"layer_scale={self.layer_scale!r}, expected a positive initial value or None")
+        if self.dist_token and not self.class_token:
+            fail("dist_token=True needs class_token=True (the distillation token follows the class token)")
+        if self.dist_head:
+            if not self.dist_token:
+                fail("dist_head=True needs dist_token=True")
+            if self.pool != "token" or self.norm_after_pool or self.representation_size:
+                fail(f"dist_head=True reads the class and distillation tokens directly: it needs pool='token', "
+                     f"norm_after_pool=False and no representation_size (got pool={self.pool!r}, "
+                     f"norm_after_pool={self.norm_after_pool}, representation_size={self.representation_size})")
         if self.width % self.num_heads:
             fail(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.posemb == "learned_2d" and self.width % 2:
@@ -184,7 +209,15 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens before the patches: [class], [distillation], registers, in that order."""
+        return int(bool(self.class_token)) + int(self.dist_token) + self.num_reg_tokens
+
+    @property
+    def num_posemb_prefix_tokens(self) -> int:
+        """Prefix tokens that have a learned position embedding (the first slots of `pos_embed`)."""
+        if self.posemb != "learned" or not self.posemb_prefix:
+            return 0
+        return int(bool(self.class_token)) + int(self.dist_token)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -284,6 +317,23 @@ def variant_config(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**base)
 
 
+def later_options(config: ViTConfig) -> list[str]:
+    """The options of later ViTs a config uses, by name: for writers of formats that have none of them."""
+    c = config
+    found = []
+    if c.dist_token:
+        found.append("a distillation token" + (" and head" if c.dist_head else ""))
+    if c.num_reg_tokens:
+        found.append(f"{c.num_reg_tokens} register token(s)")
+    if c.norm_pre:
+        found.append("a norm before the encoder (norm_pre)")
+    if c.layer_scale is not None:
+        found.append("LayerScale")
+    if c.pool == "map":
+        found.append("attention pooling (pool='map')")
+    return found
+
+
 def default_heads(width: int) -> int:
     """Heads for a width read from a file that does not store them: the variant table's, else 64 per head."""
     for w, _, _, heads in WIDTHS.values():
@@ -299,6 +349,7 @@ __all__ = [
     "list_models",
     "variant_config",
     "default_heads",
+    "later_options",
     "WIDTHS",
     "HYBRIDS",
     "to_pair",

@@ -41,7 +41,7 @@ def _resampled_positions(model, grid=None) -> torch.Tensor | None:
     c = model.config
     if c.posemb == "none":
         return None
-    prefix = c.num_prefix_tokens if c.posemb_prefix else 0
+    prefix = c.num_posemb_prefix_tokens
     old_h, old_w = c.grid_size
     table = model.pos_embed[0, prefix:].reshape(old_h, old_w, -1).permute(2, 0, 1).unsqueeze(0).float()  # (1,D,h,w)
     method = model.resample_method

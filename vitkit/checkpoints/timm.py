@@ -122,39 +122,77 @@ def _is_square(n: int) -> bool:
     return n >= 0 and int(n**0.5) ** 2 == n
 
 
-def to_timm(model) -> dict[str, torch.Tensor]:
-    """A state dict that `timm.models.VisionTransformer` with the matching arguments loads with strict=True.
+def timm_problems(config: ViTConfig) -> list[str]:
+    """What timm's VisionTransformer (or VisionTransformerDistilled) cannot express about a config."""
+    c = config
+    problems = []
+    if c.resnet is not None:
+        problems.append("a hybrid ResNet stem (use format='google' or 'vitkit')")
+    if c.representation_size:
+        problems.append("a representation (pre_logits) layer (use format='google')")
+    if c.dist_token and not c.dist_head:
+        problems.append("a distillation token without its head (timm's VisionTransformerDistilled has both)")
+    if c.dist_token and c.num_reg_tokens:
+        problems.append("a distillation token with register tokens")
+    if int(c.width * (c.mlp_dim / c.width)) != c.mlp_dim:
+        problems.append(f"mlp_dim={c.mlp_dim} (timm's mlp_ratio cannot give it exactly at width {c.width})")
+    return problems
 
-    See `timm_kwargs` for those arguments. Fixed or factorised position embeddings are written as the full
-    table timm would learn, so the function computed is the same.
+
+def to_timm(model) -> dict[str, torch.Tensor]:
+    """A state dict that timm's `VisionTransformer` (`VisionTransformerDistilled` with a distillation token) with
+    the arguments `timm_kwargs` gives loads with strict=True.
+
+    Fixed or factorised position embeddings are written as the full table timm would learn. Where timm's table
+    covers prefix tokens that vitkit's does not (register tokens under no_embed_class=False; DeiT's two tokens,
+    which timm's VisionTransformerDistilled always covers), their slots are zero: the function is the same.
     """
     c = model.config
-    if c.resnet is not None:
-        raise ValueError("hybrid models cannot be written as a timm ViT state dict; use format='google' or 'vitkit'")
-    if c.representation_size:
-        raise ValueError("timm's VisionTransformer has no representation (pre_logits) layer; use format='google'")
+    problems = timm_problems(c)
+    if problems:
+        raise ValueError("this model cannot be written as a timm ViT state dict: " + "; ".join(problems))
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for key in ("pos_embed_row", "pos_embed_col"):
         sd.pop(key, None)
-    if c.posemb in ("learned_2d", "sincos_2d"):
-        sd["pos_embed"] = model.position_embeddings().detach().cpu().clone()
+    pos = model.position_embeddings()
+    if pos is None and c.dist_token:  # timm's distilled model always adds a table
+        pos = torch.zeros(1, c.num_patches, c.width)
+    if pos is not None:
+        pos, covered = pos.detach().cpu().clone(), c.num_posemb_prefix_tokens
+        if not timm_kwargs(c)["no_embed_class"]:
+            zeros = pos.new_zeros(1, c.num_prefix_tokens - covered, c.width)
+            pos = torch.cat([pos[:, :covered], zeros, pos[:, covered:]], dim=1)
+        sd["pos_embed"] = pos
     if c.norm_after_pool:
         sd["fc_norm.weight"] = sd.pop("norm.weight")
         sd["fc_norm.bias"] = sd.pop("norm.bias")
     return sd
 
 
+def timm_class(config: ViTConfig):
+    """The timm model class for a config: `VisionTransformerDistilled` with DeiT's distillation token, else
+    `VisionTransformer`."""
+    if config.dist_token:
+        from timm.models.deit import VisionTransformerDistilled
+
+        return VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer
+
+
 def timm_kwargs(config: ViTConfig) -> dict:
-    """The `timm.models.VisionTransformer(...)` arguments for a config, as far as timm can express it."""
+    """The `timm_class(config)(...)` arguments for a config, as far as timm can express it (see `timm_problems`)."""
     import torch.nn as nn
 
     kwargs = dict(
         img_size=tuple(config.image_size), patch_size=tuple(config.patch_size), in_chans=config.in_channels,
         num_classes=config.num_classes, embed_dim=config.width, depth=config.depth, num_heads=config.num_heads,
         mlp_ratio=config.mlp_dim / config.width, qkv_bias=config.qkv_bias, class_token=config.class_token,
-        global_pool="token" if config.pool == "token" else "avg", fc_norm=config.norm_after_pool,
-        no_embed_class=not (config.posemb_prefix and config.posemb == "learned"),
-        pos_embed="none" if config.posemb == "none" else "learn",
+        global_pool={"token": "token", "gap": "avg", "map": "map"}[config.pool], fc_norm=config.norm_after_pool,
+        no_embed_class=not (config.posemb_prefix and config.posemb == "learned") and not config.dist_token,
+        pos_embed="none" if config.posemb == "none" and not config.dist_token else "learn",
+        reg_tokens=config.num_reg_tokens, pre_norm=config.norm_pre, init_values=config.layer_scale,
     )
     if config.gelu == "tanh":
         kwargs["act_layer"] = lambda: nn.GELU(approximate="tanh")

@@ -123,7 +123,7 @@ def _attention(args) -> int:
     heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
     titles = ["/".join(Path(p).parts[-2:]) for p in args.images]  # class folder and file name
     plot_attention_rollout(pixels, maps, out, titles=titles)
-    query = "class token" if model.num_prefix_tokens else "mean patch token (no class token)"
+    query = "class token" if model.config.class_token else "mean patch token (no class token)"
     plot_class_token_attention(pixels[0], heads, heads_out, title=f"{query} attention to the patches")
     print(f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
           f"heads fused by {args.head_fusion})")

@@ -4,7 +4,8 @@ Only the layers asked for compute their weights: capture sets `keep_weights` on 
 the fused `scaled_dot_product_attention` path) and hands each layer's (B, heads, N, N) weights to a reducer the
 moment the layer has run, then drops them, so rollout over a deep model holds one layer's weights at a time.
 
-Token layout: `model.num_prefix_tokens` class token(s) first, then the patches in row-major order over the grid.
+Token layout: `model.num_prefix_tokens` prefix tokens first ([class], [distillation], registers), then the patches
+in row-major order over the grid.
 """
 
 from __future__ import annotations
@@ -125,9 +126,9 @@ def rollout(attentions: Sequence[torch.Tensor | np.ndarray], head_fusion: str = 
 def _query_rows(model, weights: torch.Tensor) -> torch.Tensor:
     """The rows that stand for the image: the class token's, or, without one, the mean over the patch tokens
     (what global average pooling reads). (B, ..., N, N) -> (B, ..., N)."""
-    if model.num_prefix_tokens:
+    if model.config.class_token:
         return weights[..., 0, :]
-    return weights.mean(dim=-2)
+    return weights[..., model.num_prefix_tokens:, :].mean(dim=-2)  # the patch tokens' rows (not the registers')
 
 
 @torch.no_grad()

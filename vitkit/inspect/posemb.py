@@ -30,8 +30,7 @@ def patch_position_embeddings(model, grid_size=None) -> torch.Tensor:
     pos = model.position_embeddings(tuple(to_pair(grid_size)) if grid_size is not None else None)
     if pos is None:
         raise UsageError("the model has no position embeddings (posemb='none'), so there is nothing to compare")
-    if model._posemb_covers_prefix():
-        pos = pos[:, model.num_prefix_tokens:]
+    pos = pos[:, model.config.num_posemb_prefix_tokens:]
     return pos[0].detach()
 
 

@@ -5,6 +5,10 @@
     z_l = MLP(LN(z'_l)) + z'_l                                      (3)  MLP block (two layers, GELU)
     y = LN(z_L^0)                                                   (4)  the class token's final state -> head
 
+Options of later ViTs, all in `ViTConfig` (off by default): a distillation token and head (DeiT), register tokens
+(Darcet et al. 2023), a LayerNorm before the encoder (CLIP's `norm_pre`), LayerScale on each residual branch (CaiT,
+DeiT III), and attention pooling by a learned query (pool="map", big_vision's MAP head).
+
 State-dict names follow timm (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.attn.qkv`, ...), the names
 most PyTorch users already know; the adapters in `vitkit.checkpoints` translate every other layout.
 """
@@ -27,10 +31,10 @@ from .resnet import ResNetStem, _lecun_normal_
 class PatchEmbed(nn.Module):
     """Eq. 1's linear projection E of flattened patches, as a conv whose kernel and stride are the patch size."""
 
-    def __init__(self, in_channels: int, width: int, patch_size: tuple[int, int]):
+    def __init__(self, in_channels: int, width: int, patch_size: tuple[int, int], bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, gh, gw)
@@ -110,27 +114,70 @@ class DropPath(nn.Module):
         return f"rate={self.rate}"
 
 
+class LayerScale(nn.Module):
+    """Per-channel scales on a residual branch (CaiT, DeiT III; timm's `ls1` / `ls2`), initialised to a constant."""
+
+    def __init__(self, width: int, init_value: float):
+        super().__init__()
+        self.init_value = init_value
+        self.gamma = nn.Parameter(torch.full((width,), float(init_value)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """One encoder block, Eq. 2 and 3: LayerNorm before each sub-block, residual after it."""
+    """One encoder block, Eq. 2 and 3: LayerNorm before each sub-block, residual after it (with LayerScale, each
+    branch is scaled per channel before the residual sum)."""
 
     def __init__(self, config: ViTConfig, drop_path: float = 0.0):
         super().__init__()
         c = config
         self.norm1 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
         self.attn = Attention(c.width, c.num_heads, c.qkv_bias, c.attention_dropout, c.dropout)
+        self.ls1 = LayerScale(c.width, c.layer_scale) if c.layer_scale is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
         self.mlp = Mlp(c.width, c.mlp_dim, c.gelu, c.dropout)
+        self.ls2 = LayerScale(c.width, c.layer_scale) if c.layer_scale is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
     def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The block's output for the first `n` tokens only, (B, n, D): what `forward(x)[:, :n]` computes, without
         the attention output, MLP and norm of the other tokens (which attend to nothing further)."""
-        x = x[:, :n] + self.drop_path(self.attn(self.norm1(x), num_queries=n))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x[:, :n] + self.drop_path(self.ls1(self.attn(self.norm1(x), num_queries=n)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (MAP: big_vision's MAPHead, timm's AttentionPoolLatent with one latent query):
+    a learned query attends over the tokens; the result is projected, then refined by a pre-norm MLP with a
+    residual. (B, N, D) -> (B, D). Parameter names follow timm (`latent`, `q`, `kv`, `proj`, `norm`, `mlp`)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        c = config
+        self.num_heads = c.num_heads
+        self.head_dim = c.head_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, c.width))  # the query token, (1, 1, D)
+        self.q = nn.Linear(c.width, c.width)
+        self.kv = nn.Linear(c.width, 2 * c.width)
+        self.proj = nn.Linear(c.width, c.width)
+        self.norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self.mlp = Mlp(c.width, c.mlp_dim, c.gelu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q = linear(self.latent, self.q).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
+        kv = linear(x, self.kv).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (B, heads, N, head_dim)
+        x, _ = attention(q.expand(B, -1, -1, -1), k, v)  # (B, heads, 1, head_dim)
+        x = linear(x.transpose(1, 2).reshape(B, 1, D), self.proj)  # (B, 1, D)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]  # (B, D)
 
 
 class VisionTransformer(nn.Module):
@@ -148,13 +195,15 @@ class VisionTransformer(nn.Module):
 
         self.stem = ResNetStem(c.resnet, c.in_channels) if c.resnet is not None else None
         embed_in = self.stem.out_channels if self.stem is not None else c.in_channels
-        self.patch_embed = PatchEmbed(embed_in, c.width, c.patch_size)
+        self.patch_embed = PatchEmbed(embed_in, c.width, c.patch_size, bias=not c.norm_pre)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.num_reg_tokens, c.width)) if c.num_reg_tokens else None
 
         gh, gw = c.grid_size
         self.pos_embed = self.pos_embed_row = self.pos_embed_col = None
         if c.posemb == "learned":
-            n = gh * gw + (c.num_prefix_tokens if c.posemb_prefix else 0)
+            n = c.num_posemb_prefix_tokens + gh * gw
             self.pos_embed = nn.Parameter(torch.zeros(1, n, c.width))
         elif c.posemb == "learned_2d":
             self.pos_embed_row = nn.Parameter(torch.zeros(gh, c.width // 2))  # Y-embedding, one per patch row
@@ -162,10 +211,12 @@ class VisionTransformer(nn.Module):
         elif c.posemb == "sincos_2d":
             self.register_buffer("pos_embed_fixed", sincos_2d((gh, gw), c.width).unsqueeze(0), persistent=False)
         self.pos_drop = nn.Dropout(c.dropout)
+        self.norm_pre = nn.LayerNorm(c.width, eps=c.layer_norm_eps) if c.norm_pre else None
 
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth, linear in depth
         self.blocks = nn.Sequential(*[Block(c, rate) for rate in rates])
         self.norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)  # before pooling, or after it (norm_after_pool)
+        self.attn_pool = AttentionPool(c) if c.pool == "map" else None
 
         features = c.width
         if c.representation_size:
@@ -177,6 +228,9 @@ class VisionTransformer(nn.Module):
             self.pre_logits = nn.Identity()
         self.num_features = features
         self.head = nn.Linear(features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head_dist = None  # DeiT's distillation head, on the distillation token
+        if c.dist_head:
+            self.head_dist = nn.Linear(features, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ----------------------------------------------------------------------------------------------- shapes
@@ -207,17 +261,17 @@ class VisionTransformer(nn.Module):
 
     # --------------------------------------------------------------------------------------- position embeddings
     def position_embeddings(self, grid: tuple[int, int] | None = None) -> torch.Tensor | None:
-        """The embeddings added for a patch grid: (1, [prefix +] gh * gw, D), or None for posemb='none'.
+        """The embeddings added for a patch grid: (1, [covered prefix +] gh * gw, D), or None for posemb='none'.
 
-        They cover the prefix tokens only for posemb='learned' with posemb_prefix (the paper's layout).
+        They cover the class and distillation tokens only for posemb='learned' with posemb_prefix (the paper's
+        layout; `config.num_posemb_prefix_tokens` slots), and the register tokens never.
         """
         c = self.config
         grid = tuple(grid or self.grid_size)
         if c.posemb == "learned":
             if grid == tuple(self.grid_size):
                 return self.pos_embed
-            prefix = c.num_prefix_tokens if c.posemb_prefix else 0
-            return resample_pos_embed(self.pos_embed, grid, prefix, old_grid=self.grid_size,
+            return resample_pos_embed(self.pos_embed, grid, c.num_posemb_prefix_tokens, old_grid=self.grid_size,
                                       method=self.resample_method)
         if c.posemb == "learned_2d":
             rows = resample_axis(self.pos_embed_row, grid[0], self.resample_method)  # (gh, D/2)
@@ -237,24 +291,32 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> z_0 (B, prefix + N, D), Eq. 1."""
+        """Images (B, C, H, W) -> z_0 (B, prefix + N, D), Eq. 1; the prefix is [class], [distillation], registers.
+        With norm_pre, z_0 is normalised here, before the encoder."""
         if images.dim() != 4:
             raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
         grid = self._grid_for(images.shape[-2], images.shape[-1])
         x = self.stem(images) if self.stem is not None else images  # (B, C', H/s, W/s) for hybrids
         x = self.patch_embed(x)  # (B, N, D)
-        pos = self.position_embeddings(grid)
-        if self.cls_token is not None:
-            cls = self.cls_token.expand(x.shape[0], -1, -1)
-            if self._posemb_covers_prefix():
-                x = torch.cat([cls, x], dim=1) + pos
-            else:
-                x = torch.cat([cls, x if pos is None else x + pos], dim=1)
-        elif pos is not None:
-            x = x + pos
+        B = x.shape[0]
+        pos = self.position_embeddings(grid)  # (1, covered + N, D) or None
+        covered = self.config.num_posemb_prefix_tokens
+        if pos is not None:
+            x = x + pos[:, covered:]
+        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            lead = torch.cat(prefix, dim=1) if len(prefix) > 1 else prefix[0]  # (1, 1 or 2, D)
+            if covered:
+                lead = lead + pos[:, :covered]
+            prefix = [lead.expand(B, -1, -1)]
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(B, -1, -1))  # registers: no position embeddings
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)  # (B, prefix + N, D)
         if self.training and self.config.patch_dropout > 0:
             x = self._drop_patches(x)
-        return self.pos_drop(x)
+        x = self.pos_drop(x)
+        return self.norm_pre(x) if self.norm_pre is not None else x
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Training only (PatchDropout, Liu et al. 2022; timm's patch_drop_rate): keep a random subset of each
@@ -277,10 +339,20 @@ class VisionTransformer(nn.Module):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.config.pool == "token":
             return tokens[:, 0]  # the class token, (B, D)
-        return tokens[:, self.num_prefix_tokens:].mean(dim=1)  # mean of the patch tokens, (B, D)
+        patches = tokens[:, self.num_prefix_tokens:]  # (B, N, D)
+        if self.config.pool == "map":
+            return self.attn_pool(patches)  # (B, D)
+        return patches.mean(dim=1)  # mean of the patch tokens, (B, D)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooled tokens -> logits; with pre_logits=True, the representation the head sees."""
+        """Tokens (B, prefix + N, D) -> logits; with pre_logits=True, the representation the head sees."""
+        if self.config.dist_head:
+            # DeiT: one head on the class token, one on the distillation token; the logits are their mean (timm's
+            # VisionTransformerDistilled outside distillation training, Hugging Face's ...WithTeacher)
+            x, x_dist = tokens[:, 0], tokens[:, 1]  # each (B, D)
+            if pre_logits:
+                return (x + x_dist) / 2
+            return (self.head(x) + self.head_dist(x_dist)) / 2
         x = self.pool(tokens)
         if self.config.norm_after_pool:
             x = self.norm(x)
@@ -290,14 +362,15 @@ class VisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self._class_token_shortcut():
             # Inference with the class token's head: the last block's outputs for the patch tokens feed nothing,
-            # so it computes the class token's alone (its keys and values still come from every token). Same
-            # function; about 6% less work for ViT-B/16.
+            # so it computes the class token's alone (and the distillation token's, with DeiT's second head; their
+            # keys and values still come from every token). Same function; about 6% less work for ViT-B/16.
             return self._forward_class_token_only(images)
         return self.forward_head(self.forward_features(images))
 
     def _forward_class_token_only(self, images: torch.Tensor) -> torch.Tensor:
         x = self.blocks[:-1](self.embed(images))
-        return self.forward_head(self.norm(self.blocks[-1].forward_prefix(x, 1)))
+        n = 2 if self.config.dist_head else 1  # the tokens the heads read
+        return self.forward_head(self.norm(self.blocks[-1].forward_prefix(x, n)))
 
     def _class_token_shortcut(self) -> bool:
         c = self.config
@@ -311,16 +384,23 @@ class VisionTransformer(nn.Module):
     # ----------------------------------------------------------------------------------------- adaptation
     @torch.no_grad()
     def reset_classifier(self, num_classes: int) -> None:
-        """Drop the head and attach a zero-initialised one for `num_classes` (the paper's fine-tuning, Sec. 3.2)."""
+        """Drop the head and attach a zero-initialised one for `num_classes` (the paper's fine-tuning, Sec. 3.2).
+        DeiT's distillation head is replaced the same way (as timm does), so the logits stay the mean of both."""
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
         self.config = self.config.replace(num_classes=num_classes)
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
+
+        def new_head() -> nn.Module:
+            if num_classes == 0:
+                return nn.Identity()
+            head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            return head
+
+        self.head = new_head()
+        if self.head_dist is not None:
+            self.head_dist = new_head()
         self.class_names = None
 
     @torch.no_grad()
@@ -330,8 +410,8 @@ class VisionTransformer(nn.Module):
         new_config = c.replace(image_size=to_pair(image_size))  # validates divisibility
         new_grid, old_grid = new_config.grid_size, c.grid_size
         if c.posemb == "learned":
-            prefix = c.num_prefix_tokens if c.posemb_prefix else 0
-            self.pos_embed = nn.Parameter(resample_pos_embed(self.pos_embed.data, new_grid, prefix, old_grid, method))
+            self.pos_embed = nn.Parameter(resample_pos_embed(self.pos_embed.data, new_grid, c.num_posemb_prefix_tokens,
+                                                             old_grid, method))
         elif c.posemb == "learned_2d":
             self.pos_embed_row = nn.Parameter(resample_axis(self.pos_embed_row.data, new_grid[0], method))
             self.pos_embed_col = nn.Parameter(resample_axis(self.pos_embed_col.data, new_grid[1], method))
@@ -343,7 +423,7 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the paper's recipes exempt from weight decay, besides biases and norms."""
-        return {name for name in ("cls_token", "pos_embed", "pos_embed_row", "pos_embed_col")
+        return {name for name in ("cls_token", "dist_token", "reg_token", "pos_embed", "pos_embed_row", "pos_embed_col")
                 if getattr(self, name) is not None}
 
     def attention_layers(self) -> list[Attention]:
@@ -353,7 +433,9 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """The original code's initialisation: Xavier-uniform dense kernels, MLP biases N(0, 1e-6), position
-        embeddings N(0, 0.02), zero class token, LeCun-normal patch embedding, and a zero head."""
+        embeddings N(0, 0.02), zero class token, LeCun-normal patch embedding, and a zero head. The later options
+        as timm and their papers: distillation token N(0, 0.02), registers N(0, 1e-6) (not zero: identical
+        registers would stay identical), MAP query N(0, 1 / D), LayerScale at its configured value."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 if name.endswith("attn.qkv"):
@@ -373,16 +455,26 @@ class VisionTransformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, LayerScale):
+                nn.init.constant_(m.gamma, m.init_value)
         proj = self.patch_embed.proj
         _lecun_normal_(proj.weight, proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1])
-        nn.init.zeros_(proj.bias)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         for p in (self.pos_embed, self.pos_embed_row, self.pos_embed_col):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        if self.attn_pool is not None:
+            nn.init.normal_(self.attn_pool.latent, std=self.config.width ** -0.5)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
         if self.stem is not None:
             self.stem.init_weights()
