@@ -15,3 +15,8 @@ class CheckpointError(ValueError):
 class UsageError(ValueError):
     """Bad input from the command line or the caller (a wrong path, an empty data folder, ...): the command line
     prints it as one line and exits with code 2."""
+
+
+class GuessWarning(UserWarning):
+    """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`
+    assumed one; the message names each guess and the keyword that says it instead."""
