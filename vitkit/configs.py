@@ -17,6 +17,7 @@ POOLS = ("token", "gap", "map")
 TRAINING_FIELDS = ("dropout", "attention_dropout", "drop_path", "patch_dropout")
 POSEMBS = ("learned", "learned_2d", "sincos_2d", "none")
 GELUS = ("exact", "tanh")
+WEIGHT_STDS = ("jax", "timm")
 
 
 def to_pair(value) -> tuple[int, int]:
@@ -39,6 +40,9 @@ class ResNetConfig:
 
     num_layers: tuple[int, ...] = (3, 4, 9)  # bottleneck units per stage; () keeps only the root (conv, norm, pool)
     width_factor: float = 1.0  # root width is 64 * width_factor; stage i has bottleneck width root * 2**i
+    # Numerics, which differ between the two published implementations of the same architecture:
+    weight_std: str = "jax"  # "jax": (w - mean) / (std + 1e-5) (vit_jax); "timm": (w - mean) / sqrt(var + 1e-8)
+    group_norm_eps: float = 1e-6  # 1e-6 in vit_jax (Flax's default); 1e-5 in timm's hybrids
 
     def __post_init__(self):
         if isinstance(self.num_layers, (str, bytes)) or not hasattr(self.num_layers, "__iter__") or not all(
@@ -51,6 +55,11 @@ class ResNetConfig:
                 int(64 * self.width_factor) % 32:
             raise ValueError(f"invalid ResNetConfig: width_factor={self.width_factor!r} (64 * it must be a positive "
                              "multiple of 32, the GroupNorm groups)")
+        if self.weight_std not in WEIGHT_STDS:
+            raise ValueError(f"invalid ResNetConfig: weight_std={self.weight_std!r}, expected one of {WEIGHT_STDS}")
+        if isinstance(self.group_norm_eps, bool) or not isinstance(self.group_norm_eps, (int, float)) or \
+                not self.group_norm_eps > 0:
+            raise ValueError(f"invalid ResNetConfig: group_norm_eps={self.group_norm_eps!r}, expected a positive number")
 
     @property
     def width(self) -> int:
@@ -244,6 +253,8 @@ class ViTConfig:
         data["patch_size"] = list(self.patch_size)
         if self.resnet is not None:
             data["resnet"] = {"num_layers": list(self.resnet.num_layers), "width_factor": self.resnet.width_factor}
+            if (self.resnet.weight_std, self.resnet.group_norm_eps) != ("jax", 1e-6):  # files stay as before if unused
+                data["resnet"].update(weight_std=self.resnet.weight_std, group_norm_eps=self.resnet.group_norm_eps)
         return data
 
     def to_json(self) -> str:

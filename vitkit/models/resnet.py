@@ -33,43 +33,48 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
 class StdConv2d(nn.Conv2d):
     """Conv2d whose kernel is standardised per output channel at every call (Qiao et al.; BiT).
 
-    w <- (w - mean) / (std + eps), over (in_channels, kh, kw), population std, eps added to the std.
+    Over (in_channels, kh, kw) with the population variance: w <- (w - mean) / (std + 1e-5) as vit_jax
+    (`weight_std="jax"`), or w <- (w - mean) / sqrt(var + 1e-8) as timm's StdConv2dSame(eps=1e-8) ("timm").
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, eps: float = 1e-5):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, weight_std: str = "jax"):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=False)
-        self.eps = eps
+        if weight_std not in ("jax", "timm"):
+            raise ValueError(f"weight_std={weight_std!r}, expected 'jax' or 'timm'")
+        self.weight_std = weight_std
 
     def standardized_weight(self) -> torch.Tensor:
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return (w - mean) / (std + self.eps)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        if self.weight_std == "timm":
+            return (w - mean) * torch.rsqrt(var + 1e-8)
+        return (w - mean) / (var.sqrt() + 1e-5)
 
     def forward(self, x):
         x = pad_same(x, self.kernel_size[0], self.stride[0])
         return F.conv2d(x, self.standardized_weight(), None, self.stride)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=eps)
 
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (strided) -> 1x1 (4x wider), GroupNorm after each, ReLU after the residual sum."""
 
-    def __init__(self, in_channels: int, width: int, stride: int):
+    def __init__(self, in_channels: int, width: int, stride: int, weight_std: str = "jax", eps: float = 1e-6):
         super().__init__()
         out_channels = width * 4
-        self.conv1 = StdConv2d(in_channels, width, 1)
-        self.gn1 = group_norm(width)
-        self.conv2 = StdConv2d(width, width, 3, stride=stride)
-        self.gn2 = group_norm(width)
-        self.conv3 = StdConv2d(width, out_channels, 1)
-        self.gn3 = group_norm(out_channels)
+        self.conv1 = StdConv2d(in_channels, width, 1, weight_std=weight_std)
+        self.gn1 = group_norm(width, eps)
+        self.conv2 = StdConv2d(width, width, 3, stride=stride, weight_std=weight_std)
+        self.gn2 = group_norm(width, eps)
+        self.conv3 = StdConv2d(width, out_channels, 1, weight_std=weight_std)
+        self.gn3 = group_norm(out_channels, eps)
         if in_channels != out_channels or stride != 1:
-            self.conv_proj = StdConv2d(in_channels, out_channels, 1, stride=stride)
-            self.gn_proj = group_norm(out_channels)
+            self.conv_proj = StdConv2d(in_channels, out_channels, 1, stride=stride, weight_std=weight_std)
+            self.gn_proj = group_norm(out_channels, eps)
         else:
             self.conv_proj = None
             self.gn_proj = None
@@ -87,9 +92,9 @@ class ResNetStem(nn.Module):
 
     def __init__(self, config: ResNetConfig, in_channels: int = 3):
         super().__init__()
-        width = config.width
-        self.conv_root = StdConv2d(in_channels, width, 7, stride=2)
-        self.gn_root = group_norm(width)
+        width, weight_std, eps = config.width, config.weight_std, config.group_norm_eps
+        self.conv_root = StdConv2d(in_channels, width, 7, stride=2, weight_std=weight_std)
+        self.gn_root = group_norm(width, eps)
         stages = []
         channels = width
         for i, units in enumerate(config.num_layers):
@@ -97,7 +102,7 @@ class ResNetStem(nn.Module):
             blocks = []
             for u in range(units):
                 stride = 2 if (i > 0 and u == 0) else 1
-                blocks.append(Bottleneck(channels, stage_width, stride))
+                blocks.append(Bottleneck(channels, stage_width, stride, weight_std, eps))
                 channels = stage_width * 4
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
