@@ -19,7 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-TABLE = Path(__file__).resolve().parents[1] / "vitkit" / "checkpoints" / "timm_architectures.json"
+REPO = Path(__file__).resolve().parents[1]
+TABLE = REPO / "vitkit" / "checkpoints" / "timm_architectures.json"
+sys.path.insert(0, str(REPO))
+from vitkit.checkpoints.timm import unsupported_parts  # noqa: E402  (what vitkit implements is vitkit's to say)
 BUILDER_MODULES = ("vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos", "deit", "eva")
 
 
@@ -130,50 +133,6 @@ def describe(name: str) -> dict:
         entry["attn_pool_mlp_dim"] = pool.mlp.fc1.out_features if pool.mlp is not None else None
     entry["unsupported"] = unsupported_parts(entry)
     return entry
-
-
-def unsupported_parts(e: dict) -> list[str]:
-    """What vitkit does not implement about an architecture, named as its errors name it (empty: it loads)."""
-    parts = []
-    if e["class"] == "VisionTransformerRelPos":
-        parts.append("relative position embeddings")
-    if e["rope"] or e["class"] == "Eva" and not parts:
-        parts.append("rotary position embeddings" if e["rope"] else "EVA blocks")
-    if e["block"] in ("ResPostBlock", "ResPostRelPosBlock"):
-        parts.append("residual post-norm blocks")
-    if e["block"] in ("ParallelScalingBlock", "ParallelThingsBlock", "DiffParallelScalingBlock"):
-        parts.append("parallel blocks")
-    if e["block"] not in ("Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock",
-                          "DiffParallelScalingBlock", "RelPosBlock", "ResPostRelPosBlock", "EvaBlock",
-                          "EvaBlockPostNorm"):
-        parts.append(f"{e['block']} blocks")
-    if e["mlp"] in ("SwiGLU", "SwiGLUPacked", "GluMlp"):
-        parts.append("SwiGLU MLP")
-    elif e["act"] not in (None, "gelu", "gelu_tanh"):
-        parts.append({"quick_gelu": "QuickGELU activation"}.get(e["act"], f"{e['act']} activation"))
-    if e["attn"] not in (None, "Attention", "EvaAttention", "RelPosAttention"):
-        parts.append({"DiffAttention": "differential attention"}.get(e["attn"], f"{e['attn']} attention"))
-    if e["norm"] not in (None, "LayerNorm"):
-        parts.append({"RmsNorm": "RMSNorm"}.get(e["norm"], e["norm"]))
-    if e["qk_norm"]:
-        parts.append("QK normalisation")
-    if e["attn_norm"] or e["mlp_norm"]:
-        parts.append("norms inside attention or MLP (scale_attn_norm / scale_mlp_norm)")
-    if e["global_pool"] not in ("token", "avg", "map", ""):
-        parts.append(f"{e['global_pool']} pooling")
-    if e["attn_pool"] not in (None, "AttentionPoolLatent"):
-        parts.append(f"{e['attn_pool']} pooling")
-    if e.get("attn_pool_latent_len", 1) != 1:
-        parts.append("attention pooling with several latent queries")
-    if e["pool_include_prefix"]:
-        parts.append("pooling over the prefix tokens")
-    if not e["final_norm"] and not e["fc_norm"]:
-        parts.append("no final norm")
-    if e["embed"] not in ("PatchEmbed", "HybridEmbed"):
-        parts.append(f"{e['embed']} patch embedding")
-    if e["dist_token"] and e["num_reg_tokens"]:
-        parts.append("a distillation token with register tokens")
-    return list(dict.fromkeys(parts))
 
 
 def derive(names=None) -> dict[str, dict]:

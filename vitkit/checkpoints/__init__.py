@@ -24,7 +24,7 @@ from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
                  read_torch, save_safetensors)
-from .timm import from_timm, looks_like_timm, timm_kwargs, to_timm
+from .timm import from_timm, is_timm_hub, looks_like_timm, read_timm_hub, timm_kwargs, to_timm
 
 FORMATS = ("vitkit", "google", "timm", "hf")
 FORMAT_KEY = "vitkit.format"  # metadata key of files vitkit writes: "vitkit", "timm" or "hf"
@@ -111,6 +111,8 @@ def read_checkpoint(path: str | os.PathLike, **fields) -> Converted:
         raise CheckpointError(path, "no such file or directory")
     settings = Settings(path, _given(path, fields))
     if path.is_dir():
+        if is_timm_hub(path):  # config.json names a timm architecture
+            return read_timm_hub(path, settings)
         if not (path / "config.json").exists():
             raise CheckpointError(path, "a folder must be a Hugging Face model folder with config.json")
         tensors, hf_cfg = read_hf_dir(path)
