@@ -73,6 +73,9 @@ def test_timm_loads_what_vitkit_writes(tmp_path):
     x = torch.randn(2, 3, 32, 24)
     with torch.no_grad():
         assert rel_err(model(x), ref(x)) <= 1e-5
+        again = vitkit.load(tmp_path / "m.safetensors")  # and back: the metadata records heads, size and numerics
+        assert rel_err(again(x), model(x)) <= 1e-6
+    assert (again.config.num_reg_tokens, again.config.pool, again.config.norm_pre) == (4, "map", True)
     dist = model_for(dist_token=True, dist_head=True)
     vitkit.save(dist, tmp_path / "d.pth", format="timm")
     ref = timm_class(dist.config)(**timm_kwargs(dist.config)).eval()
