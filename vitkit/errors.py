@@ -15,3 +15,16 @@ class CheckpointError(ValueError):
 class UsageError(ValueError):
     """Bad input from the command line or the caller (a wrong path, an empty data folder, ...): the command line
     prints it as one line and exits with code 2."""
+
+
+class DownloadError(OSError):
+    """A file that could not be fetched or served from the cache: a missing URL, a refused connection, a transfer
+    cut off, an HTML page instead of a checkpoint, a wrong SHA-256, offline mode with nothing cached, a full disk, a
+    read-only cache. An OSError, so the command line prints its one-line message and exits with code 2."""
+
+    def __init__(self, url, message: str):
+        self.url = str(url)
+        super().__init__(f"{self.url}: {message}")
+
+    def __str__(self) -> str:  # OSError's own __str__ would show the args tuple for some argument counts
+        return self.args[0]
