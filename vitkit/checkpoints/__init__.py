@@ -81,8 +81,19 @@ def _hints(meta: dict[str, str]) -> dict:
     return {k: config[k] for k, ok in checks.items() if k in config and ok(config[k])}
 
 
-def read_checkpoint(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None) -> Converted:
-    """Any supported file or folder, converted to vitkit's names and a config. See `load`."""
+def read_checkpoint(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None, *,
+                    sha256: str | None = None) -> Converted:
+    """Any supported file or folder, catalog name (`vitkit.list_pretrained()`) or URI, converted to vitkit's names
+    and a config. See `load`."""
+    from ..hub.resolve import apply_entry, entry_hints, resolve_source
+
+    path, entry = resolve_source(path, sha256=sha256)  # a local path as it is; a name or URI from the cache
+    if num_heads is None:
+        num_heads = entry_hints(entry).get("num_heads")
+    return apply_entry(_read_file(path, num_heads=num_heads, pool=pool), entry)
+
+
+def _read_file(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None) -> Converted:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
@@ -148,6 +159,7 @@ def load(
     num_heads: int | None = None,
     pool: str | None = None,
     dynamic_image_size: bool | None = None,
+    sha256: str | None = None,
     **config_overrides,
 ) -> VisionTransformer:
     """A model from a checkpoint of any supported format, its architecture read from the file.
@@ -158,8 +170,10 @@ def load(
                       code; bicubic otherwise; or as resample_method says)
     Hints for files that do not record them: num_heads (timm and bare HF weights), pool (timm).
     config_overrides set training-time fields such as dropout, drop_path or patch_dropout.
+    `path` may also be a catalog name (`vitkit.list_pretrained()`) or a URI (hf-hub:ORG/REPO[@REV], https://...,
+    gs://BUCKET/PATH), downloaded into the cache; `sha256` checks the downloaded file.
     """
-    converted = read_checkpoint(path, num_heads=num_heads, pool=pool)
+    converted = read_checkpoint(path, num_heads=num_heads, pool=pool, sha256=sha256)
     config = converted.config
     overrides = dict(config_overrides)
     if dynamic_image_size is not None:

@@ -160,7 +160,7 @@ def _tv(name, enum, variant, file, size, resize, interpolation, top1, swag=None)
         name=name, source="torchvision", uri=f"{TV}/{file}", format="torchvision-pth", variant=variant,
         image_size=size, num_classes=1000, class_names="imagenet-1k", mean=IMAGENET_MEAN, std=IMAGENET_STD,
         interpolation=interpolation, crop_pct=size / resize, top1=top1, top1_data="ImageNet-1k val",
-        pretrain_data="SWAG (IG-3.6B, weakly supervised)" if swag else "ImageNet-1k",
+        pretrain_data="SWAG IG-3.6B (weakly supervised)" if swag else "ImageNet-1k",
         finetune_data="ImageNet-1k" if swag else None,
         license=SWAG_LICENSE if swag else "BSD-3-Clause (torchvision)",
         sha256_prefix=file.rsplit("-", 1)[1].split(".")[0], reference=f"torchvision.models.{enum}",

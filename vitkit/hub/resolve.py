@@ -3,28 +3,32 @@ a URI, in that order; anything else is a one-line error naming the closest catal
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DownloadError
 from .catalog import PretrainedCheckpoint, class_names, closest_names, find_pretrained
+from .uri import is_uri, resolve_uri
 
-URI_SCHEMES = ("hf-hub:", "https://", "http://", "gs://")
 FILES_WITHOUT_PREPROCESSING = ("google-npz", "torchvision-pth", "timm-hub")  # Hugging Face folders have their own
 
 
-def looks_like_uri(source: str) -> bool:
-    return str(source).strip().lower().startswith(URI_SCHEMES)
+def fetch(entry: PretrainedCheckpoint, sha256: str | None = None) -> Path:
+    """The local copy of a catalog entry's file (downloaded into the cache, or found there), its hash checked: the
+    full SHA-256 where the source publishes one, else the prefix torchvision puts in its file names."""
+    from .download import file_sha256
 
-
-def fetch(uri: str, sha256: str | None = None) -> Path:
-    """The local copy of a URI (downloaded into the cache, or found there), by the downloader in `download.py`."""
-    try:
-        from .download import resolve_uri
-    except ImportError:  # the downloader is a separate module; without it nothing remote can be read
-        raise CheckpointError(uri, "downloading is not available in this build of vitkit (no vitkit.hub.download)") \
-            from None
-    return Path(resolve_uri(uri, sha256=sha256))
+    local = Path(resolve_uri(entry.uri, sha256=sha256 or entry.sha256))
+    if entry.sha256_prefix and not (sha256 or entry.sha256) and local.is_file():
+        digest = file_sha256(local)  # recorded next to the cached file, so this reads the file once
+        if not digest.startswith(entry.sha256_prefix):
+            for path in (local, local.with_name(local.name + ".sha256")):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise DownloadError(entry.uri, f"SHA-256 {digest} does not start with {entry.sha256_prefix}, the prefix "
+                                "the source publishes in the file name; the file was discarded")
+    return local
 
 
 def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> tuple[Path, PretrainedCheckpoint | None]:
@@ -39,10 +43,9 @@ def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> t
     text = str(source).strip()
     entry = find_pretrained(text)
     if entry is not None:
-        local = fetch(entry.uri, sha256=sha256 or entry.sha256)
-        return entry_file(local, entry), entry
-    if looks_like_uri(text):
-        return fetch(text, sha256=sha256), None
+        return fetch(entry, sha256), entry
+    if is_uri(text):
+        return resolve_uri(text, sha256=sha256), None
     close = closest_names(text)
     if close:
         raise CheckpointError(text, f"no such file, and not a pre-trained name; did you mean {', '.join(close)}? "
@@ -51,19 +54,25 @@ def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> t
                           "lists the names; URIs are hf-hub:ORG/REPO, https://... or gs://...)")
 
 
-def entry_file(local: Path, entry: PretrainedCheckpoint) -> Path:
-    """The file to read inside what the download gave: timm's hub folders hold model.safetensors (or
-    pytorch_model.bin) next to a timm config.json that is not a Hugging Face one."""
-    if entry.format == "timm-hub" and local.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (local / name).is_file():
-                return local / name
-    return local
+def model_source(source: str | os.PathLike) -> Path | str:
+    """What a command hands to `vitkit.load`: a local run or checkpoint folder resolved to its weights file, else the
+    text as given (a catalog name or a URI, which `load` resolves; `Path` would fold the // of a URL)."""
+    from ..train.checkpoint import resolve_model_path
+
+    if Path(source).exists():
+        return resolve_model_path(source)
+    return str(source)
+
+
+def is_known_source(source: str | os.PathLike) -> bool:
+    """Whether `load` can take `source` at all: an existing path, a catalog name or a URI (not yet fetched)."""
+    return Path(source).exists() or find_pretrained(str(source)) is not None or is_uri(str(source))
 
 
 def entry_hints(entry: PretrainedCheckpoint | None) -> dict:
-    """What the catalog knows about the architecture that some files do not record: the heads of the variant."""
-    if entry is None:
+    """What the catalog knows about the architecture that some formats do not record: the heads of the variant
+    (torchvision's fused in_proj and timm's qkv do not show them; the other formats record them)."""
+    if entry is None or entry.format not in ("torchvision-pth", "timm-hub"):
         return {}
     from ..configs import variant_config
 
@@ -90,4 +99,4 @@ def apply_entry(converted, entry: PretrainedCheckpoint | None):
     return converted
 
 
-__all__ = ["resolve_source", "looks_like_uri", "apply_entry", "entry_hints", "entry_file", "fetch"]
+__all__ = ["resolve_source", "apply_entry", "entry_hints", "fetch", "model_source", "is_known_source"]

@@ -52,7 +52,8 @@ class TrainConfig:
 
     # ----------------------------------------------------------------------------------------------- model
     model: str = _f("ViT-B/16", "a registered variant (see `vitkit models`); the fields below override it")
-    init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face)")
+    init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face; a "
+                               "pre-trained name from vitkit models --pretrained, or a URI); also --from")
     reset_head: bool = _f(False, "drop the checkpoint's head for a zero-initialised one (the paper's fine-tuning)")
     num_classes: int | None = _f(None, "classes of the head; default: the data's")
     image_size: int | None = _f(None, "input resolution in pixels (square); default: the variant's or checkpoint's")
@@ -394,7 +395,8 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         default = f.default if f.default is not dataclasses.MISSING else "see recipe"
         help_text = f"{f.metadata.get('help', '')} (default: the recipe's, else {default})"
         extra = dict(nargs="?", const="true") if hint is bool else {}
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar=metavar,
+        flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
+        group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
                            default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
 
 
