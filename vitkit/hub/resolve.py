@@ -88,6 +88,12 @@ def apply_entry(converted, entry: PretrainedCheckpoint | None):
     source prepared them."""
     if entry is None:
         return converted
+    config = converted.config
+    found = (tuple(config.image_size), config.num_classes)
+    if found != ((entry.image_size, entry.image_size), entry.num_classes):
+        raise CheckpointError(entry.uri, f"the catalog lists {entry.name} at {entry.image_size} px with "
+                              f"{entry.num_classes} classes, but the file has {found[0][0]}x{found[0][1]} px and "
+                              f"{found[1]} classes (a wrong mirror or cache entry?)")
     if entry.format in FILES_WITHOUT_PREPROCESSING:
         from ..configs import Preprocessing
 

@@ -1,0 +1,192 @@
+"""Loading published checkpoints by catalog name, through a real HTTP server on 127.0.0.1 that serves small real
+checkpoints under the catalog entries' own paths (the bucket's layout), with the source's base URL pointed at it:
+vitkit.load(NAME), vitkit download NAME then loading offline with the server stopped, the commands that take a
+model by name (predict, eval, inspect, finetune --from), and the one-line error for an unknown name."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main
+from vitkit.errors import CheckpointError, DownloadError
+from vitkit.hub.catalog import class_names, find_pretrained
+
+NAME = "vit-b16-in21k"  # served as gs://vit_models/imagenet21k/ViT-B_16.npz
+TINY = dict(image_size=224, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, gelu="tanh")
+
+
+class StaticServer:
+    """A folder served over HTTP on 127.0.0.1 in a background thread; stops when the test ends."""
+
+    def __init__(self, root: Path):
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.requests: list[str] = []
+        self.httpd.requests = self.requests
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        self.server.requests.append(self.path)
+
+
+def tiny_google_file(path: Path, num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """A real original-release .npz (vitkit writes the published names and layouts), tiny but at the entry's
+    resolution and class count."""
+    from conftest import randomize_
+
+    model = randomize_(vitkit.create_model(vitkit.ViTConfig(num_classes=num_classes, **TINY)), seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vitkit.save(model, path, format="google")
+    return model.eval()
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """The bucket's layout with ViT-B_16.npz of the original release, served; the cache in tmp_path."""
+    root = tmp_path / "www"
+    model = tiny_google_file(root / "vit_models" / "imagenet21k" / "ViT-B_16.npz", 21843)
+    server = StaticServer(root)
+    monkeypatch.setenv("VITKIT_GCS_URL", server.url)
+    monkeypatch.setenv("VITKIT_TORCHVISION_URL", server.url)
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
+    yield server, model, root
+    server.stop()
+
+
+def test_load_by_catalog_name(bucket):
+    server, reference, _ = bucket
+    model = vitkit.load(NAME)
+    assert server.requests == ["/vit_models/imagenet21k/ViT-B_16.npz"]
+    assert model.num_classes == 21843 and model.class_names == class_names("imagenet-21k")
+    assert model.class_names[0] == "organism, being"
+    entry = find_pretrained(NAME)
+    assert model.preprocessing.mean == entry.mean and model.preprocessing.crop_pct == entry.crop_pct
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    again = vitkit.load(NAME)  # from the cache: no second request
+    assert server.requests == ["/vit_models/imagenet21k/ViT-B_16.npz"]
+    assert torch.equal(again.head.weight, model.head.weight)
+
+
+def test_fine_tuning_adaptation_keeps_the_names_apart(bucket):
+    model = vitkit.load(NAME, num_classes=5)
+    assert model.num_classes == 5 and not model.class_names  # the catalog's 21,843 names belong to the old head
+
+
+def test_sha256_given_by_the_caller_is_checked(bucket):
+    _, _, root = bucket
+    digest = hashlib.sha256((root / "vit_models/imagenet21k/ViT-B_16.npz").read_bytes()).hexdigest()
+    assert vitkit.load("gs://vit_models/imagenet21k/ViT-B_16.npz", sha256=digest).num_classes == 21843
+    with pytest.raises(DownloadError, match=digest):
+        vitkit.load(NAME, sha256="0" * 64)
+
+
+def test_a_file_other_than_the_catalog_says_is_refused(tmp_path, monkeypatch, bucket):
+    _, _, root = bucket
+    tiny_google_file(root / "vit_models" / "imagenet21k" / "ViT-B_32.npz", 10)  # 10 classes, not 21,843
+    with pytest.raises(CheckpointError, match=r"catalog lists vit-b32-in21k at 224 px with 21843 classes.*10 classes"):
+        vitkit.load("vit-b32-in21k")
+
+
+def test_download_then_everything_offline_with_the_server_stopped(bucket, tmp_path, monkeypatch, capsys):
+    server, reference, _ = bucket
+    assert main(["download", NAME]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{NAME}: ") and out.strip().endswith("ViT-B_16.npz")
+    server.stop()
+    monkeypatch.setenv("VITKIT_OFFLINE", "1")
+    monkeypatch.setenv("VITKIT_GCS_URL", "http://127.0.0.1:9")  # nothing there: a request would fail
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", NAME, str(image), "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    names = set(class_names("imagenet-21k"))
+    assert printed[0] == str(image) and all(line.split("%", 1)[1].strip() in names for line in printed[1:3])
+
+    data = tmp_path / "data"  # two of the 21k classes, by their names: eval matches them to the head's outputs
+    for name in class_names("imagenet-21k")[:2]:
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((30, 30, 3), 40 * i, np.uint8)).save(data / name / f"{i}.png")
+    assert main(["eval", "--checkpoint", NAME, "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--no-progress", "--num-workers", "0"]) == 0
+    assert "4 images" in capsys.readouterr().out
+
+    assert main(["inspect", "posemb", NAME, "--out", str(tmp_path / "posemb.png")]) == 0
+    assert (tmp_path / "posemb.png").stat().st_size > 0 and "14x14 patches" in capsys.readouterr().out
+
+    fine = tmp_path / "fine"
+    for name in ("ant", "bee"):
+        (fine / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)).save(fine / name / f"{i}.png")
+    code = main(["finetune", "--from", NAME, "--data", str(fine), "--image-size", "32", "--steps", "1",
+                 "--batch-size", "4", "--accum-steps", "1", "--val-per-class", "1", "--warmup-steps", "0", "--out-dir",
+                 str(tmp_path / "runs"), "--name", "ft", "--progress", "false", "--num-workers", "0",
+                 "--eval-every", "-1"])
+    assert code == 0, capsys.readouterr().err
+    tuned = vitkit.load(tmp_path / "runs" / "ft" / "model.safetensors")
+    assert tuned.class_names == ["ant", "bee"] and tuple(tuned.config.image_size) == (32, 32)
+    assert tuned.preprocessing.mean == find_pretrained(NAME).mean
+
+
+def test_offline_without_the_file_cached_says_so(bucket, monkeypatch):
+    monkeypatch.setenv("VITKIT_OFFLINE", "1")
+    with pytest.raises(DownloadError):
+        vitkit.load(NAME)
+
+
+def test_unknown_names_get_the_closest_ones(bucket, capsys):
+    with pytest.raises(CheckpointError, match=r"did you mean vit-b16-in21k"):
+        vitkit.load("vit-b16-in21kk")
+    for argv in (["predict", "vit-b16-in21kk", "x.png"], ["eval", "--checkpoint", "vit-b16-in21kk", "--data", "x"],
+                 ["inspect", "posemb", "vit-b16-in21kk"], ["download", "vit-b16-in21kk"],
+                 ["finetune", "--from", "vit-b16-in21kk", "--data", "digits"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "did you mean vit-b16-in21k" in err, (argv, err)
+
+
+def test_torchvision_hash_prefix_is_checked(bucket, capsys):
+    _, _, root = bucket
+    target = root / "models" / "vit_b_16-c867db91.pth"
+    target.parent.mkdir(parents=True)
+    torch.save({"class_token": torch.zeros(1, 1, 8)}, target)  # not the published file: its hash differs
+    assert main(["download", "tv-vit-b16-in1k"]) == 2
+    err = capsys.readouterr().err
+    assert "does not start with c867db91" in err and len(err.strip().splitlines()) == 1
+    cached = [p.name for p in Path(vitkit.hub.cache_dir()).rglob("vit_b_16-c867db91.pth*")]
+    assert set(cached) <= {"vit_b_16-c867db91.pth.lock"}  # the wrong file is not left in the cache
+
+
+def test_models_pretrained_table(capsys):
+    assert main(["models", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "source", "variant", "px", "classes", "top-1", "data"]
+    assert len(lines) == len(vitkit.list_pretrained()) + 2
+    row = next(line for line in lines if line.startswith("tv-vit-b16-in1k "))
+    assert row.split()[1:6] == ["torchvision", "ViT-B/16", "224", "1,000", "81.07"]
+    assert main(["models", "--pretrained", "augreg-*-384"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 9 + 2
