@@ -227,7 +227,7 @@ def test_finetune_adaptation_of_vit_b16(tmp_path):
     model = vitkit.create_model("ViT-B/16")
     torch.nn.init.normal_(model.head.weight)
     vitkit.save(model, tmp_path / "b16.safetensors")
-    tuned = vitkit.load(tmp_path / "b16.safetensors", image_size=384, num_classes=10)
+    tuned = vitkit.load(tmp_path / "b16.safetensors", resample_to=384, num_classes=10)
     assert tuned.head.weight.shape == (10, 768) and torch.count_nonzero(tuned.head.weight) == 0
     assert torch.count_nonzero(tuned.head.bias) == 0
     assert tuned.grid_size == (24, 24) and tuned.pos_embed.shape == (1, 1 + 24 * 24, 768)

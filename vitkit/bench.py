@@ -412,7 +412,7 @@ def build_model(settings: BenchSettings) -> nn.Module:
     if settings.checkpoint:
         from .checkpoints import load
 
-        model = load(settings.checkpoint, num_classes=settings.num_classes, image_size=settings.image_size)
+        model = load(settings.checkpoint, num_classes=settings.num_classes, resample_to=settings.image_size)
         new_head = settings.num_classes is not None
     else:
         model = create_model(settings.model, num_classes=settings.num_classes, image_size=settings.image_size,

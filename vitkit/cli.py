@@ -12,9 +12,10 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 from . import commands
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, GuessWarning, UsageError
 
 EXPECTED_ERRORS = (CheckpointError, UsageError, OSError, ValueError)  # OSError: missing files, permissions, full disks
 
@@ -45,6 +46,17 @@ def _version() -> str:
     return __version__
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """vitkit's own warnings (a guessed value) as one line naming the command, not Python's two-line format."""
+    if issubclass(category, GuessWarning):
+        print(f"vitkit: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(None if argv is None else [str(a) for a in argv])
@@ -56,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", GuessWarning)
+            warnings.showwarning = _show_warning
+            code = args.func(args)
     except EXPECTED_ERRORS as e:
         if os.environ.get("VITKIT_DEBUG"):
             raise

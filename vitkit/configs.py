@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 POOLS = ("token", "gap")
+# Fields that change how a model trains, not the function it computes: free to set on a loaded checkpoint.
+TRAINING_FIELDS = ("dropout", "attention_dropout", "drop_path", "patch_dropout")
 POSEMBS = ("learned", "learned_2d", "sincos_2d", "none")
 GELUS = ("exact", "tanh")
 
@@ -147,7 +149,7 @@ class ViTConfig:
         if self.representation_size is not None and (not isinstance(self.representation_size, int)
                                                      or self.representation_size < 1):
             fail(f"representation_size={self.representation_size!r}, expected a positive integer or None")
-        for name in ("dropout", "attention_dropout", "drop_path", "patch_dropout"):
+        for name in TRAINING_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 fail(f"{name}={value!r}, expected a rate in [0, 1)")
@@ -284,21 +286,22 @@ def variant_config(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**base)
 
 
-def default_heads(width: int) -> int:
-    """Heads for a width read from a file that does not store them: the variant table's, else 64 per head."""
+def table_heads(width: int) -> int | None:
+    """The variant table's head count for a width (None for widths not in the table)."""
     for w, _, _, heads in WIDTHS.values():
         if w == width:
             return heads
-    return max(width // 64, 1)
+    return None
 
 
 __all__ = [
     "ViTConfig",
+    "TRAINING_FIELDS",
     "ResNetConfig",
     "Preprocessing",
     "list_models",
     "variant_config",
-    "default_heads",
+    "table_heads",
     "WIDTHS",
     "HYBRIDS",
     "to_pair",

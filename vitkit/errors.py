@@ -28,3 +28,8 @@ class DownloadError(OSError):
 
     def __str__(self) -> str:  # OSError's own __str__ would show the args tuple for some argument counts
         return self.args[0]
+
+
+class GuessWarning(UserWarning):
+    """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`
+    assumed one; the message names each guess and the keyword that says it instead."""

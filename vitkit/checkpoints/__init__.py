@@ -1,22 +1,25 @@
 """Loading and saving models in vitkit's own format and in the ecosystem's (Google .npz, timm, Hugging Face).
 
-`load(path, **adapt)` reads the architecture from the file itself, builds the model, checks every tensor's name
-and shape, and applies the paper's fine-tuning adaptation when asked (new zero head, resampled position grid).
+`load(path, **fields)` reads the architecture from the file itself (what the file does not record comes from the
+caller or is announced as a guess), builds the model, checks every tensor's name and shape, and applies the paper's
+fine-tuning adaptation when asked (new zero head, resampled position grid).
 `save(model, path, format=...)` writes a file that the format's own library loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..configs import Preprocessing, ViTConfig
-from ..errors import CheckpointError
+from ..configs import TRAINING_FIELDS, Preprocessing, ViTConfig, to_pair
+from ..errors import CheckpointError, GuessWarning
 from ..models.vit import VisionTransformer
-from .common import Converted, check_against_model, check_block_counts
+from .common import Converted, Settings, check_against_model, check_block_counts
 from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
@@ -81,22 +84,41 @@ def _hints(meta: dict[str, str]) -> dict:
     return {k: config[k] for k, ok in checks.items() if k in config and ok(config[k])}
 
 
-def read_checkpoint(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None, *,
-                    sha256: str | None = None) -> Converted:
+def _given(path, fields: dict) -> dict:
+    """The caller's ViTConfig fields, normalised so that readers can compare them with what a file records."""
+    known = {f.name for f in dataclasses.fields(ViTConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"load() got unexpected argument(s): {', '.join(unknown)}; it takes num_classes, "
+                        "resample_to, resample_method and ViTConfig fields")
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        for name in ("image_size", "patch_size"):
+            if name in given:
+                given[name] = to_pair(given[name])
+    except ValueError as e:
+        raise CheckpointError(path, f"invalid {name} ({e})", key=name) from None
+    if isinstance(given.get("layer_norm_eps"), int):
+        given["layer_norm_eps"] = float(given["layer_norm_eps"])
+    return given
+
+
+def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, **fields) -> Converted:
     """Any supported file or folder, catalog name (`vitkit.list_pretrained()`) or URI, converted to vitkit's names
-    and a config. See `load`."""
+    and a config; `fields` are what the caller knows of the model (ViTConfig fields), which settle what the file
+    leaves open. See `load`."""
     from ..hub.resolve import apply_entry, entry_hints, resolve_source
 
     path, entry = resolve_source(path, sha256=sha256)  # a local path as it is; a name or URI from the cache
-    if num_heads is None:
-        num_heads = entry_hints(entry).get("num_heads")
-    return apply_entry(_read_file(path, num_heads=num_heads, pool=pool), entry)
+    fields = {**entry_hints(entry), **{k: v for k, v in fields.items() if v is not None}}
+    return apply_entry(_read_file(path, **fields), entry)
 
 
-def _read_file(path: str | os.PathLike, num_heads: int | None = None, pool: str | None = None) -> Converted:
+def _read_file(path: str | os.PathLike, **fields) -> Converted:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
+    settings = Settings(path, _given(path, fields))
     if path.is_dir():
         if not (path / "config.json").exists():
             raise CheckpointError(path, "a folder must be a Hugging Face model folder with config.json")
@@ -107,14 +129,14 @@ def _read_file(path: str | os.PathLike, num_heads: int | None = None, pool: str 
             from .io import read_safetensors_metadata
 
             weights_meta = read_safetensors_metadata(st)
-        converted = from_hf(tensors, path, hf_cfg, num_heads=num_heads, hints=_hints(weights_meta))
+        converted = from_hf(tensors, path, hf_cfg, settings, hints=_hints(weights_meta))
         converted.preprocessing = read_preprocessing(path, converted.config.image_size)
         return converted
 
     suffix = path.suffix.lower()
     meta: dict[str, str] = {}
     if suffix in NPZ_SUFFIXES:
-        return from_google(read_npz(path), path, num_heads=num_heads, pool=pool)
+        return from_google(read_npz(path), path, settings)
     if suffix in SAFETENSORS_SUFFIXES:
         tensors, meta = read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
@@ -125,19 +147,18 @@ def _read_file(path: str | os.PathLike, num_heads: int | None = None, pool: str 
     kind = meta.get(FORMAT_KEY)
     if kind == "vitkit":
         converted = _vitkit_from_metadata(meta, tensors, path)
-        if num_heads is not None or pool is not None:
-            converted.config = converted.config.replace(**{k: v for k, v in
-                                                         (("num_heads", num_heads), ("pool", pool)) if v is not None})
+        for name, value in settings.given.items():  # a vitkit file records every field
+            settings.recorded(name, _comparable(converted.config, name), key="vitkit.config")
         return converted
     keys = list(tensors)
     hints = _hints(meta)
     if looks_like_hf(keys):
-        converted = from_hf(tensors, path, None, num_heads=num_heads, hints=hints)
+        converted = from_hf(tensors, path, None, settings, hints=hints)
     elif looks_like_timm(keys):
-        converted = from_timm(tensors, path, num_heads=num_heads, pool=pool, hints=hints)
+        converted = from_timm(tensors, path, settings, hints=hints)
     elif looks_like_google(keys):
         converted = from_google({k: v.numpy() if v.dtype != torch.bfloat16 else v.float().numpy()
-                                 for k, v in tensors.items()}, path, num_heads=num_heads, pool=pool)
+                                 for k, v in tensors.items()}, path, settings)
     else:
         raise CheckpointError(path, "unknown layout: the keys match neither vitkit, timm, Hugging Face nor the "
                               f"original Google naming (first key: {keys[0] if keys else 'none, the file is empty'})",
@@ -150,41 +171,61 @@ def _read_file(path: str | os.PathLike, num_heads: int | None = None, pool: str 
     return converted
 
 
+def _comparable(config: ViTConfig, name: str):
+    value = getattr(config, name)
+    return tuple(value) if name in ("image_size", "patch_size") else value
+
+
+def _announce(path, converted: Converted) -> None:
+    """One warning naming every value a reader assumed and the keyword that would have said it."""
+    guessed = converted.guessed
+    if not guessed:
+        return
+    parts = [f"{name}={value!r} ({why})" for name, (value, why) in guessed.items()]
+    keywords = ", ".join(f"{name}=" for name in guessed)
+    notes = "".join(f"; {note}" for note in converted.notes)
+    warnings.warn(f"{path}: the file does not record everything that decides the model; assumed "
+                  f"{'; '.join(parts)}{notes}. Pass {keywords} to load() to say", GuessWarning, stacklevel=3)
+
+
 def load(
     path: str | os.PathLike,
     *,
     num_classes: int | None = None,
-    image_size=None,
+    resample_to=None,
     resample_method: str | None = None,
-    num_heads: int | None = None,
-    pool: str | None = None,
-    dynamic_image_size: bool | None = None,
     sha256: str | None = None,
-    **config_overrides,
+    **fields,
 ) -> VisionTransformer:
     """A model from a checkpoint of any supported format, its architecture read from the file.
 
-    Fine-tuning adaptation (the paper's Section 3.2):
-      num_classes=K   drop the pre-trained head (and representation layer) and attach a zero-initialised K-way head
-      image_size=S    resample the position embeddings to the new grid (bilinear for Google files, as the original
-                      code; bicubic otherwise; or as resample_method says)
-    Hints for files that do not record them: num_heads (timm and bare HF weights), pool (timm).
-    config_overrides set training-time fields such as dropout, drop_path or patch_dropout.
+    The loading rule: every value that decides the function is read from the file (or a config file beside it) or
+    given here as a ViTConfig field (`num_heads=`, `image_size=` (the file's own size), `pool=`, `gelu=`,
+    `layer_norm_eps=`, ...). A value the file does not record and the caller does not give is guessed and announced
+    (a `GuessWarning` naming the keyword); where the file fits several models and nothing settles it, a
+    `CheckpointError` lists them. A field that contradicts what the file records is refused, never applied.
+    Training-time fields (dropout, attention_dropout, drop_path, patch_dropout) and dynamic_image_size are free.
+
+    Fine-tuning adaptation (the paper's Section 3.2), after loading:
+      num_classes=K    drop the pre-trained head (and representation layer) and attach a zero-initialised K-way head
+      resample_to=S    resample the position embeddings to a new image size (bilinear for Google files, as the
+                       original code; bicubic otherwise; or as resample_method says)
     `path` may also be a catalog name (`vitkit.list_pretrained()`) or a URI (hf-hub:ORG/REPO[@REV], https://...,
     gs://BUCKET/PATH), downloaded into the cache; `sha256` checks the downloaded file.
     """
-    converted = read_checkpoint(path, num_heads=num_heads, pool=pool, sha256=sha256)
+    free = {k: fields.pop(k) for k in (*TRAINING_FIELDS, "dynamic_image_size", "name") if k in fields}
+    converted = read_checkpoint(path, sha256=sha256, **fields)
     config = converted.config
-    overrides = dict(config_overrides)
-    if dynamic_image_size is not None:
-        overrides["dynamic_image_size"] = dynamic_image_size
-    runtime_only = {"dropout", "attention_dropout", "drop_path", "patch_dropout", "dynamic_image_size", "name"}
-    bad = sorted(set(overrides) - runtime_only)
-    if bad:
-        raise TypeError(f"load() got unexpected argument(s): {', '.join(bad)}")
+    given = _given(path, fields)
+    for name, value in given.items():  # what a reader did not check itself
+        if _comparable(config, name) != value:
+            raise CheckpointError(path, f"the file records {name}={_comparable(config, name)!r}; {name}={value!r} "
+                                  "contradicts it", key=name)
+    _announce(path, converted)
     try:
-        if overrides:
-            config = config.replace(**overrides)
+        free = {k: v for k, v in free.items() if v is not None}
+        if free:
+            config = config.replace(**free)
         check_block_counts(config, converted, path)  # before building anything, so a huge depth cannot hang us
         with torch.device("meta"):  # shapes first, without memory for weights
             check_against_model(VisionTransformer(config), converted, path)
@@ -202,8 +243,8 @@ def load(
             model.num_features = config.width
             model.config = model.config.replace(representation_size=None)
         model.reset_classifier(num_classes)
-    if image_size is not None:
-        model.set_image_size(image_size, method=resample_method or converted.default_resample)
+    if resample_to is not None:
+        model.set_image_size(resample_to, method=resample_method or converted.default_resample)
     model.eval()
     return model
 
@@ -247,4 +288,4 @@ def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitki
     return path
 
 
-__all__ = ["load", "save", "read_checkpoint", "timm_kwargs", "FORMATS", "CheckpointError"]
+__all__ = ["load", "save", "read_checkpoint", "timm_kwargs", "FORMATS", "CheckpointError", "GuessWarning"]

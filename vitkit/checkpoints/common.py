@@ -24,6 +24,41 @@ class Converted:
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
     default_resample: str = "bicubic"  # how fine-tuning resamples this family's position embeddings
+    guessed: dict[str, tuple[Any, str]] = field(default_factory=dict)  # field -> (assumed value, why)
+    notes: list[str] = field(default_factory=list)  # assumptions outside ViTConfig, announced with the guesses
+
+
+class Settings:
+    """The loading rule, as a reader sees it: what the caller said about the model (`given`, ViTConfig fields), and
+    what the reader had to assume because the file does not record it (`guessed`, announced by `load`)."""
+
+    def __init__(self, path, given: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.given = dict(given or {})
+        self.guessed: dict[str, tuple[Any, str]] = {}
+        self.notes: list[str] = []
+
+    def get(self, name: str, default=None):
+        """The caller's value for a field, to settle what the file leaves open."""
+        return self.given.get(name, default)
+
+    def recorded(self, name: str, value, key: str | None = None):
+        """A value the file records: a caller's different value is refused, never applied."""
+        if name in self.given and self.given[name] != value:
+            raise CheckpointError(self.path, f"the file records {name}={value!r}; {name}={self.given[name]!r} "
+                                  "contradicts it", key=key)
+        return value
+
+    def assumed(self, name: str, default, why: str):
+        """A value the file does not record: the caller's, else `default`, which `load` announces as a guess."""
+        if name in self.given:
+            return self.given[name]
+        self.guessed[name] = (default, why)
+        return default
+
+    def note(self, text: str) -> None:
+        """An assumption no keyword can change (announced only together with guesses)."""
+        self.notes.append(text)
 
 
 class Reader:
@@ -85,6 +120,21 @@ class Reader:
             raise CheckpointError(
                 self.path, f"unexpected tensor(s) this layout does not use: {', '.join(left[:5])}{more}", key=left[0]
             )
+
+
+def grid_candidates(num_patches: int, patch_size: tuple[int, int], settings: Settings, stride: int = 1,
+                    ) -> list[tuple[int, int]]:
+    """Patch grids with `num_patches` cells: the one the caller's image_size gives, else the square one (if any)."""
+    size = settings.get("image_size")
+    if size is not None:
+        step = (patch_size[0] * stride, patch_size[1] * stride)
+        if size[0] % step[0] or size[1] % step[1]:
+            raise CheckpointError(settings.path, f"image_size={tuple(size)} is not a multiple of the effective patch "
+                                  f"size {step}", key="image_size")
+        grid = (size[0] // step[0], size[1] // step[1])
+        return [grid] if grid[0] * grid[1] == num_patches else []
+    side = math.isqrt(num_patches) if num_patches >= 0 else 0
+    return [(side, side)] if side and side * side == num_patches else []
 
 
 def square_grid(num_patches: int, path, key: str) -> tuple[int, int]:

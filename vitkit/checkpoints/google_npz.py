@@ -18,7 +18,7 @@ import torch
 
 from ..configs import Preprocessing, ResNetConfig, ViTConfig
 from ..errors import CheckpointError
-from .common import Converted, Reader, square_grid
+from .common import Converted, Reader, Settings, grid_candidates
 
 PREFIXES = ("opt/target/", "params/")
 PUBLISHED = ("LayerNorm_0", "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
@@ -37,7 +37,11 @@ def looks_like_google(keys) -> bool:
     return any(k.split("/")[-2:] == ["embedding", "kernel"] or k.endswith("embedding/kernel") for k in keys)
 
 
-def from_google(arrays: dict[str, np.ndarray], path, num_heads: int | None = None, pool: str | None = None) -> Converted:
+def from_google(arrays: dict[str, np.ndarray], path, settings: Settings | None = None) -> Converted:
+    """Everything is recorded by the file or by the format: the head count in the attention kernels' shapes, the
+    pooling by the class token's presence, a square grid and the JAX model's numerics (the original code assumes
+    both); `settings.given` may only agree, except image_size, which gives a non-square file its grid."""
+    settings = settings or Settings(path)
     arrays = _strip_prefix(arrays)
     r = Reader(arrays, path)
     if not r.has("embedding/kernel"):
@@ -102,12 +106,18 @@ def from_google(arrays: dict[str, np.ndarray], path, num_heads: int | None = Non
     class_token = r.has("cls")
     if class_token:
         put("cls_token", "cls", r.get("cls", (1, 1, width)))
-    pool = pool or ("token" if class_token else "gap")
+    pool = settings.recorded("pool", "token" if class_token else "gap", key="cls")
     posemb_key = "Transformer/posembed_input/pos_embedding"
     stride = resnet.stride if resnet else 1
     if r.has(posemb_key):
         pos = r.get(posemb_key, (1, None, width))
-        grid = square_grid(pos.shape[1] - int(class_token), path, posemb_key)
+        grids = grid_candidates(pos.shape[1] - int(class_token), (ph, pw), settings, stride)
+        if not grids:
+            given = settings.get("image_size")
+            raise CheckpointError(path, f"{pos.shape[1]} position embeddings " + (
+                f"do not fit image_size={tuple(given)}" if given is not None else
+                "form no square grid, so the image size cannot be read; pass image_size=(H, W)"), key=posemb_key)
+        grid = grids[0]
         put("pos_embed", posemb_key, pos)
         posemb = "learned"
     else:
@@ -138,9 +148,7 @@ def from_google(arrays: dict[str, np.ndarray], path, num_heads: int | None = Non
     if heads * head_dim != width:
         raise CheckpointError(path, f"heads * head_dim = {heads * head_dim} differs from width {width}",
                               key=f"{first}{attn}/query/kernel")
-    if num_heads is not None and num_heads != heads:
-        raise CheckpointError(path, f"the file has {heads} heads, num_heads={num_heads} was asked for",
-                              key=f"{first}{attn}/query/kernel")
+    settings.recorded("num_heads", heads, key=f"{first}{attn}/query/kernel")
     mlp_dim = r.shape(f"{first}{mlp}/Dense_0/kernel")[-1]
     for i in range(depth):
         b, n = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
@@ -177,7 +185,8 @@ def from_google(arrays: dict[str, np.ndarray], path, num_heads: int | None = Non
         num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool, class_token=class_token,
         posemb=posemb, representation_size=representation_size, gelu="tanh", layer_norm_eps=1e-6, resnet=resnet,
     )
-    return Converted(config, sd, src, Preprocessing(image_size=image_size), default_resample="bilinear")
+    return Converted(config, sd, src, Preprocessing(image_size=image_size), default_resample="bilinear",
+                     guessed=settings.guessed)
 
 
 def _take_dense(r: Reader, put, name, key, d_in, d_out):

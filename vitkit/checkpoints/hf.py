@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..configs import Preprocessing, ViTConfig, default_heads, to_pair
+from ..configs import Preprocessing, ViTConfig, to_pair
 from ..errors import CheckpointError
-from .common import Converted, Reader, square_grid
+from .common import Converted, Reader, Settings, grid_candidates
 from .io import atomic_write_text, read_json, read_safetensors, read_torch, save_safetensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -91,10 +91,23 @@ def read_preprocessing(folder: Path, image_size) -> Preprocessing:
     return Preprocessing(**kwargs)
 
 
-def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = None, num_heads: int | None = None,
+def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = None, settings: Settings | None = None,
             hints: dict | None = None) -> Converted:
+    """`hf_config`: config.json (None for bare weights, whose unrecorded values are guessed and announced);
+    `hints`: what a vitkit-written file recorded in its metadata."""
+    settings = settings or Settings(path)
     hints = dict(hints or {})
     cfg = dict(hf_config or {})
+    bare = hf_config is None
+
+    def setting(name, hf_name, default, why, convert=lambda v: v):
+        """config.json's value (transformers' default where it is silent), a vitkit file's, else a guess."""
+        if not bare:
+            return settings.recorded(name, convert(cfg.get(hf_name, default)), key=hf_name)
+        if name in hints:
+            return settings.recorded(name, hints[name], key="vitkit.config")
+        return settings.assumed(name, default, why)
+
     model_type = cfg.get("model_type", "vit")
     if model_type != "vit":
         raise CheckpointError(path, f"model_type {model_type!r} is not a ViT; vitkit reads model_type 'vit'",
@@ -122,14 +135,25 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
     take("cls_token", "embeddings.cls_token", (1, 1, width))
     length = r.shape("embeddings.position_embeddings")[1] if len(r.shape("embeddings.position_embeddings")) == 3 else 0
     take("pos_embed", "embeddings.position_embeddings", (1, None, width))
-    grid = square_grid(length - 1, path, original.get("embeddings.position_embeddings"))
-    if "image_size" in cfg:
-        image_size = to_pair(cfg["image_size"])
-        if (image_size[0] // ph) * (image_size[1] // pw) != length - 1:
-            raise CheckpointError(path, f"config.json's image_size {image_size} with patch {(ph, pw)} needs "
-                                  f"{(image_size[0] // ph) * (image_size[1] // pw) + 1} position embeddings, the "
-                                  f"weights have {length}", key=original.get("embeddings.position_embeddings"))
-        grid = (image_size[0] // ph, image_size[1] // pw)
+    posemb_key = original.get("embeddings.position_embeddings")
+    if not bare and "image_size" in cfg:
+        settings.recorded("image_size", to_pair(cfg["image_size"]), key="image_size")
+        settings.given["image_size"] = to_pair(cfg["image_size"])
+    elif "image_size" in hints:
+        settings.recorded("image_size", tuple(hints["image_size"]), key="vitkit.config")
+        settings.given["image_size"] = tuple(hints["image_size"])
+    grids = grid_candidates(length - 1, (ph, pw), settings)
+    if not grids:
+        if settings.get("image_size") is not None:
+            raise CheckpointError(path, f"image_size {tuple(settings.get('image_size'))} with patch {(ph, pw)} needs "
+                                  "a different number of position embeddings than the weights' "
+                                  f"{length}", key=posemb_key)
+        raise CheckpointError(path, f"{length - 1} position embeddings (and the class token's) form no square grid, "
+                              "so the image size cannot be read from the file; pass image_size=(H, W)", key=posemb_key)
+    grid = grids[0]
+    if bare and "image_size" not in settings.given:
+        settings.assumed("image_size", (grid[0] * ph, grid[1] * pw), f"a square {grid[0]}x{grid[1]} grid of "
+                         f"{length} position embeddings")
 
     depth = r.count("encoder.layer.{}.")
     if depth == 0:
@@ -178,22 +202,36 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
             take("pre_logits.fc.bias", "pooler.dense.bias", (representation_size,))
     r.check_all_taken(ignore=ignore)
 
-    act = cfg.get("hidden_act", hints.get("hidden_act", "gelu"))
-    if act in TANH_ACTS:
-        gelu = "tanh"
-    elif act in EXACT_ACTS:
-        gelu = "exact"
+    if bare and "gelu" not in hints:
+        gelu = settings.assumed("gelu", "exact", "transformers' default hidden_act 'gelu'")
+    elif bare:
+        gelu = settings.recorded("gelu", hints["gelu"], key="vitkit.config")
     else:
-        raise CheckpointError(path, f"hidden_act {act!r} is not a GELU vitkit knows "
-                              f"({', '.join(EXACT_ACTS + TANH_ACTS)})", key="hidden_act")
-    heads = num_heads or cfg.get("num_attention_heads") or hints.get("num_heads") or default_heads(width)
-    if width % heads:
-        raise CheckpointError(path, f"hidden_size {width} is not divisible by {heads} heads", key="num_attention_heads")
+        act = cfg.get("hidden_act", "gelu")
+        if act in TANH_ACTS:
+            gelu = "tanh"
+        elif act in EXACT_ACTS:
+            gelu = "exact"
+        else:
+            raise CheckpointError(path, f"hidden_act {act!r} is not a GELU vitkit knows "
+                                  f"({', '.join(EXACT_ACTS + TANH_ACTS)})", key="hidden_act")
+        gelu = settings.recorded("gelu", gelu, key="hidden_act")
+    eps = setting("layer_norm_eps", "layer_norm_eps", 1e-12, "transformers' default", float)
+    if not bare:
+        heads = settings.recorded("num_heads", int(cfg.get("num_attention_heads", 12)), key="num_attention_heads")
+        if width % heads:
+            raise CheckpointError(path, f"hidden_size {width} is not divisible by {heads} heads",
+                                  key="num_attention_heads")
+    elif "num_heads" in hints:
+        heads = settings.recorded("num_heads", hints["num_heads"], key="vitkit.config")
+    else:
+        from .timm import guess_heads
+
+        heads = guess_heads(width, settings, original.get(f"{proj}.weight"))
     config = ViTConfig(
         image_size=(grid[0] * ph, grid[1] * pw), patch_size=(ph, pw), in_channels=in_channels, width=width,
         depth=depth, num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool="token", class_token=True,
-        posemb="learned", representation_size=representation_size, gelu=gelu,
-        layer_norm_eps=float(cfg.get("layer_norm_eps", hints.get("layer_norm_eps", 1e-12))), qkv_bias=qkv_bias,
+        posemb="learned", representation_size=representation_size, gelu=gelu, layer_norm_eps=eps, qkv_bias=qkv_bias,
     )
     class_names = None
     id2label = cfg.get("id2label")
@@ -201,7 +239,8 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         names = [id2label.get(str(i), id2label.get(i)) for i in range(num_classes)]
         if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             class_names = names
-    return Converted(config, sd, src, Preprocessing(image_size=config.image_size), class_names)
+    return Converted(config, sd, src, Preprocessing(image_size=config.image_size), class_names,
+                     guessed=settings.guessed)
 
 
 def hf_config(model) -> dict:

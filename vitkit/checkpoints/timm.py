@@ -2,17 +2,18 @@
 
 vitkit's own names follow timm's, so the mapping is small: timm's `fc_norm` (the final norm applied after
 average pooling) is vitkit's `norm` with `norm_after_pool=True`. What a state dict does not store is inferred:
-the head count from the variant table (64 per head otherwise; pass num_heads= to say), the pooling from
-`fc_norm` and the class token (pass pool= to say), the numerics as timm's (exact GELU, LayerNorm epsilon 1e-6).
+the head count from the variant table (for other widths the caller must say num_heads=), the grid as square, the
+pooling from `fc_norm` and the class token, the numerics as timm's defaults (exact GELU, LayerNorm epsilon 1e-6);
+every such guess is announced by `load`, and any of them can be given to it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..configs import Preprocessing, ViTConfig, default_heads
+from ..configs import Preprocessing, ViTConfig, table_heads
 from ..errors import CheckpointError
-from .common import Converted, Reader, square_grid
+from .common import Converted, Reader, Settings, grid_candidates
 
 UNSUPPORTED = {
     "reg_token": "register tokens",
@@ -29,9 +30,10 @@ def looks_like_timm(keys) -> bool:
     return "patch_embed.proj.weight" in keys or any(k.startswith("blocks.0.") for k in keys)
 
 
-def from_timm(tensors: dict[str, torch.Tensor], path, num_heads: int | None = None, pool: str | None = None,
+def from_timm(tensors: dict[str, torch.Tensor], path, settings: Settings | None = None,
               hints: dict | None = None) -> Converted:
-    """`hints`: fields a vitkit-written file recorded in its metadata (heads, pooling, numerics)."""
+    """`hints`: fields a vitkit-written file recorded in its metadata (heads, pooling, numerics, size)."""
+    settings = settings or Settings(path)
     hints = dict(hints or {})
     for marker, what in UNSUPPORTED.items():
         found = [k for k in tensors if (k.startswith(marker) or marker in k)]
@@ -50,26 +52,32 @@ def from_timm(tensors: dict[str, torch.Tensor], path, num_heads: int | None = No
         sd[name] = r.get(source, shape)
         src[name] = source
 
+    def hinted(name, default, why):
+        """Recorded in a vitkit-written file's metadata, else assumed (and announced)."""
+        if name in hints:
+            return settings.recorded(name, hints[name], key="vitkit.config")
+        return settings.assumed(name, default, why)
+
     take("patch_embed.proj.weight", w_shape)
     take("patch_embed.proj.bias", (width,))
     class_token = r.has("cls_token")
     if class_token:
         take("cls_token", (1, 1, width))
+    if "image_size" in hints:
+        settings.recorded("image_size", tuple(hints["image_size"]), key="vitkit.config")
+        settings.given.setdefault("image_size", tuple(hints["image_size"]))
     posemb, posemb_prefix = "none", True
     if r.has("pos_embed"):
         length = r.shape("pos_embed")[1] if len(r.shape("pos_embed")) == 3 else 0
         take("pos_embed", (1, None, width))
-        if class_token and _is_square(length - 1):
-            grid = square_grid(length - 1, path, "pos_embed")
-        else:
-            grid = square_grid(length, path, "pos_embed")
-            posemb_prefix = not class_token
+        grid, posemb_prefix = _read_grid(length, class_token, (ph, pw), settings, hints)
         posemb = "learned"
-    elif "image_size" in hints:
-        grid = (hints["image_size"][0] // ph, hints["image_size"][1] // pw)
+    elif settings.get("image_size") is not None:
+        size = settings.get("image_size")
+        grid = (size[0] // ph, size[1] // pw)
     else:
-        raise CheckpointError(path, "missing tensor: the image size cannot be read without position embeddings",
-                              key="pos_embed")
+        raise CheckpointError(path, "the file has no position embeddings, so its image size cannot be read: pass "
+                              "image_size=(H, W)", key="pos_embed")
 
     depth = r.count("blocks.{}.")
     if depth == 0 or not r.has("blocks.0.norm1.weight"):
@@ -91,6 +99,9 @@ def from_timm(tensors: dict[str, torch.Tensor], path, num_heads: int | None = No
         take(n + "mlp.fc1.bias", (mlp_dim,))
         take(n + "mlp.fc2.weight", (width, mlp_dim))
         take(n + "mlp.fc2.bias", (width,))
+    if not hints:  # a vitkit-written file knows its blocks; a bare timm file's tensors fit post-norm ones too
+        settings.note("the blocks are read as timm's pre-norm Block (residual post-norm blocks, timm's "
+                      "ResPostBlock in vit_*_rpn_*, have the same tensors and are not supported)")
     norm_after_pool = r.has("fc_norm.weight")
     if norm_after_pool and r.has("norm.weight"):
         raise CheckpointError(path, "both 'norm' and 'fc_norm' present; timm uses one or the other", key="fc_norm.weight")
@@ -104,18 +115,67 @@ def from_timm(tensors: dict[str, torch.Tensor], path, num_heads: int | None = No
         take("head.bias", (num_classes,))
     r.check_all_taken()
 
-    if pool is None:
-        pool = hints.get("pool") or ("gap" if norm_after_pool or not class_token else "token")
-    heads = num_heads or hints.get("num_heads") or default_heads(width)
-    if width % heads:
-        raise CheckpointError(path, f"width {width} is not divisible by num_heads={heads}", key="patch_embed.proj.weight")
+    if not class_token:
+        pool = settings.recorded("pool", "gap", key="cls_token")  # without a class token timm averages
+    elif norm_after_pool:
+        pool = hinted("pool", "gap", "timm applies fc_norm after average pooling")
+    else:
+        pool = hinted("pool", "token", "timm's default with a class token and no fc_norm")
+    heads = hints.get("num_heads") and settings.recorded("num_heads", hints["num_heads"], key="vitkit.config")
+    heads = heads or guess_heads(width, settings, "patch_embed.proj.weight")
     config = ViTConfig(
         image_size=(grid[0] * ph, grid[1] * pw), patch_size=(ph, pw), in_channels=in_channels, width=width,
         depth=depth, num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool, class_token=class_token,
-        posemb=posemb, posemb_prefix=posemb_prefix, gelu=hints.get("gelu", "exact"),
-        layer_norm_eps=hints.get("layer_norm_eps", 1e-6), qkv_bias=qkv_bias, norm_after_pool=norm_after_pool,
+        posemb=posemb, posemb_prefix=posemb_prefix, gelu=hinted("gelu", "exact", "timm's default"),
+        layer_norm_eps=hinted("layer_norm_eps", 1e-6, "timm's default"), qkv_bias=qkv_bias,
+        norm_after_pool=norm_after_pool,
     )
-    return Converted(config, sd, src, Preprocessing(image_size=config.image_size))
+    return Converted(config, sd, src, Preprocessing(image_size=config.image_size), guessed=settings.guessed, notes=settings.notes)
+
+
+def _read_grid(length: int, class_token: bool, patch: tuple[int, int], settings: Settings, hints: dict):
+    """The patch grid and whether the position embeddings cover the class token, from their count.
+
+    With a class token, `length` positions fit two models: a grid of length - 1 patches whose embeddings also cover
+    the class token (timm's default), or a grid of `length` patches that leaves it out (no_embed_class). The caller's
+    image_size settles it; without it a square grid is taken, and announced as a guess (timm files do not record
+    the grid)."""
+    path = settings.path
+    readings = [(length - 1, True), (length, False)] if class_token else [(length, True)]
+    found = [(grid, covers) for n, covers in readings for grid in grid_candidates(n, patch, settings)]
+    if settings.get("image_size") is not None:
+        if not found:
+            raise CheckpointError(path, f"{length} position embeddings do not fit image_size="
+                                  f"{tuple(settings.get('image_size'))} with {patch} patches", key="pos_embed")
+        return found[0]
+    if len(found) != 1:
+        fits = " or ".join(f"{n}" for n, _ in readings)
+        raise CheckpointError(path, f"{length} position embeddings: {fits} patches form no square grid, so the "
+                              "image size cannot be read from the file; pass image_size=(H, W), the size it was "
+                              "trained at", key="pos_embed")
+    grid, covers = found[0]
+    why = f"a square {grid[0]}x{grid[1]} grid of the {length} position embeddings"
+    if class_token:
+        why += ", which " + ("cover" if covers else "leave out") + " the class token"
+    settings.assumed("image_size", (grid[0] * patch[0], grid[1] * patch[1]), why)
+    return grid, covers
+
+
+def guess_heads(width: int, settings: Settings, key: str) -> int:
+    """The head count of a file that does not record it: the caller's; else the variant table's for a ViT width
+    (announced); else every divisor is as likely, so the caller must choose."""
+    heads = settings.get("num_heads")
+    if heads is None:
+        table = table_heads(width)
+        if table is None:
+            choices = [h for h in range(1, width + 1) if width % h == 0 and 16 <= width // h <= 128]
+            raise CheckpointError(settings.path, f"the file does not record the number of attention heads and width "
+                                  f"{width} is not a width of the variant table; pass num_heads= (for example "
+                                  f"{', '.join(map(str, choices)) or 1})", key=key)
+        heads = settings.assumed("num_heads", table, f"the variant table's for width {width}")
+    if width % heads:
+        raise CheckpointError(settings.path, f"width {width} is not divisible by num_heads={heads}", key=key)
+    return heads
 
 
 def _is_square(n: int) -> bool:

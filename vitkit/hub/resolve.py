@@ -70,16 +70,20 @@ def is_known_source(source: str | os.PathLike) -> bool:
 
 
 def entry_hints(entry: PretrainedCheckpoint | None) -> dict:
-    """What the catalog knows about the architecture that some formats do not record: the heads of the variant
-    (torchvision's fused in_proj and timm's qkv do not show them; the other formats record them)."""
-    if entry is None or entry.format not in ("torchvision-pth", "timm-hub"):
+    """What the catalog knows of the model, given to the reader as ViTConfig fields the caller did not give: the
+    file's own resolution, and the heads of the variant for the formats that do not show them (torchvision's fused
+    in_proj, timm's qkv). Readers check these against what the file records, like any given field."""
+    if entry is None:
         return {}
-    from ..configs import variant_config
+    hints = {"image_size": entry.image_size}
+    if entry.format in ("torchvision-pth", "timm-hub"):
+        from ..configs import variant_config
 
-    try:
-        return {"num_heads": variant_config(entry.variant).num_heads}
-    except ValueError:
-        return {}
+        try:
+            hints["num_heads"] = variant_config(entry.variant).num_heads
+        except ValueError:
+            pass
+    return hints
 
 
 def apply_entry(converted, entry: PretrainedCheckpoint | None):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..configs import Preprocessing
+from ..configs import TRAINING_FIELDS, Preprocessing
 from ..data import (StepBatchSampler, TransformedImages, auto_workers, eval_loader, eval_transform, mix_seed,
                     open_data, train_loader, train_transform)
 from ..data.memory import TensorAugment, TensorBatches, resize_batch, stack_images
@@ -70,12 +70,11 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------- model
-RUNTIME_FIELDS = ("dropout", "attention_dropout", "drop_path", "patch_dropout")
 
 
 def runtime_settings(config: TrainConfig) -> dict:
     """The model's training-time settings, which come from the training config, also for a loaded checkpoint."""
-    return {k: getattr(config, k) for k in RUNTIME_FIELDS}
+    return {k: getattr(config, k) for k in TRAINING_FIELDS}
 
 
 def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
@@ -108,7 +107,7 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
                          f"{suggest(config.init_from)}")
     path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load
     reset = config.reset_head or (config.num_classes is not None)
-    model = load(path, num_classes=num_classes if reset else None, image_size=config.image_size,
+    model = load(path, num_classes=num_classes if reset else None, resample_to=config.image_size,
                  resample_method=config.resample_method, **runtime)
     if not reset and model.num_classes != num_classes:
         raise UsageError(f"--init-from {config.init_from}: the checkpoint has {model.num_classes} classes but the "
