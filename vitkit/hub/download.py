@@ -185,10 +185,31 @@ def _read_only(url: str, folder: Path, e: OSError) -> DownloadError:
                               "VITKIT_CACHE to a writable folder")
 
 
-def _user_agent() -> str:
-    from .. import __version__
+def _version() -> str:
+    try:
+        from importlib.metadata import version
 
-    return f"vitkit/{__version__} (Python urllib)"
+        return version("vitkit")
+    except Exception:  # not installed (run from a source tree)
+        return "dev"
+
+
+def _user_agent() -> str:
+    return f"vitkit/{_version()} (Python urllib)"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (where the platform lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class _Cut(Exception):
@@ -199,7 +220,6 @@ def _fetch(source: str, name: str, final: Path, sha256: str | None, progress: bo
     """Download `source` into `final` through `final.part`, resuming and retrying; see the module docstring."""
     part = final.with_name(final.name + ".part")
     tries, failures, resumable = _tries(), 0, True
-    last_problem = ""
     while True:
         if failures:
             time.sleep(_retry_backoff() * 2 ** (failures - 1))
@@ -213,51 +233,52 @@ def _fetch(source: str, name: str, final: Path, sha256: str | None, progress: bo
             e.close()
             if e.code == 416 and offset:  # the partial file is not a prefix the server knows: start over
                 _discard(part)
-                failures += 1
-                last_problem = "the server refused to resume (HTTP 416)"
+                problem = "the server refused to resume (HTTP 416)"
             elif e.code in RETRY_STATUS or e.code >= 500:
-                failures += 1
-                last_problem = f"HTTP {e.code} {e.reason}".strip()
+                problem = f"HTTP {e.code} {e.reason}".strip()
             else:
-                _keep_or_discard(part, resumable)
-                raise DownloadError(name, _http_error_message(e.code, str(e.reason or ""))) from None
+                raise _give_up(name, part, resumable, _http_error_message(e.code, str(e.reason or ""))) from None
+            failures += 1
             if failures >= tries:
-                _keep_or_discard(part, resumable)
-                raise DownloadError(name, f"{last_problem} after {tries} tries") from None
+                raise _give_up(name, part, resumable, f"{problem} after {tries} tries") from None
             continue
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             failures += 1
-            last_problem = _connection_problem(source, e)
             if failures >= tries:
-                _keep_or_discard(part, resumable)
-                raise DownloadError(name, f"{last_problem} (after {tries} tries)") from None
+                raise _give_up(name, part, resumable, f"{_connection_problem(source, e)} (after {tries} tries)") \
+                    from None
             continue
 
         with response:
+            resumable = response.status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
             try:
-                received = _receive(response, source, name, final, part, offset, progress)
+                digest = _receive(response, source, name, final, part, offset, progress)
             except _Cut as e:
-                received, last_problem = e.args
-                resumable = response.status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
+                received, problem = e.args
                 failures = 1 if received else failures + 1  # progress made: this drop gets a fresh set of tries
                 if failures >= tries:
-                    _keep_or_discard(part, resumable)
-                    kept = (f"; the partial file {part} is kept: run again to resume" if resumable and part.exists()
-                            else "; the server does not support resuming, so nothing was kept")
-                    raise DownloadError(name, f"the transfer was cut off ({last_problem}) after {tries} tries{kept}") \
-                        from None
+                    raise _give_up(name, part, resumable, f"the transfer was cut off ({problem}) after {tries} "
+                                                          "tries") from None
                 continue
         break
 
-    digest = received  # _receive returns the hex digest when the file is complete
     if sha256 is not None and digest != sha256:
         _discard(part)
         raise DownloadError(name, f"SHA-256 mismatch: expected {sha256}, got {digest}; the download was discarded")
     os.replace(part, final)
-    from ..checkpoints.io import fsync_dir
-
-    fsync_dir(final.parent)
+    _fsync_dir(final.parent)
     _record_sha256(final, digest, _sidecar(final))
+
+
+def _give_up(name: str, part: Path, resumable: bool, problem: str) -> DownloadError:
+    """The error that ends a download; a partial file stays only where the next run can resume it."""
+    if part.exists() and part.stat().st_size and resumable:
+        return DownloadError(name, f"{problem}; the partial file {part} is kept: run again to resume")
+    kept = part.exists() and part.stat().st_size
+    _discard(part)
+    if kept:
+        return DownloadError(name, f"{problem}; the server cannot resume, so the partial file was removed")
+    return DownloadError(name, problem)
 
 
 def _receive(response, source: str, name: str, final: Path, part: Path, offset: int, progress) -> str:
@@ -345,12 +366,6 @@ def _looks_like_html(chunk: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html"))
 
 
-def _keep_or_discard(part: Path, resumable: bool) -> None:
-    """A partial file stays only where the next run can resume it."""
-    if not resumable:
-        _discard(part)
-
-
 def _connection_problem(source: str, e: BaseException) -> str:
     reason = getattr(e, "reason", e)
     host = urlsplit(source).netloc
@@ -410,14 +425,12 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], name: str
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
 
-    from .. import __version__
-
     endpoint = _hf_endpoint()
     offline_now = hf_offline()
     try:
         folder = snapshot_download(
             repo_id, revision=revision, cache_dir=hf_cache_dir(), local_files_only=offline_now,
-            allow_patterns=patterns, endpoint=endpoint, library_name="vitkit", library_version=__version__)
+            allow_patterns=patterns, endpoint=endpoint, library_name="vitkit", library_version=_version())
     except hf_errors.GatedRepoError:
         raise DownloadError(name, f"the repository on {endpoint} is gated: accept its terms on the website and set "
                                   "HF_TOKEN") from None
