@@ -5,10 +5,7 @@ model by name (predict, eval, inspect, finetune --from), and the one-line error 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,54 +18,45 @@ from vitkit.cli import main
 from vitkit.errors import CheckpointError, DownloadError
 from vitkit.hub.catalog import class_names, find_pretrained
 
+from conftest import randomize_
+from hub_servers import HubServer, StaticServer
+
 NAME = "vit-b16-in21k"  # served as gs://vit_models/imagenet21k/ViT-B_16.npz
 TINY = dict(image_size=224, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, gelu="tanh")
-
-
-class StaticServer:
-    """A folder served over HTTP on 127.0.0.1 in a background thread; stops when the test ends."""
-
-    def __init__(self, root: Path):
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.requests: list[str] = []
-        self.httpd.requests = self.requests
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        self.server.requests.append(self.path)
 
 
 def tiny_google_file(path: Path, num_classes: int, seed: int = 0) -> torch.nn.Module:
     """A real original-release .npz (vitkit writes the published names and layouts), tiny but at the entry's
     resolution and class count."""
-    from conftest import randomize_
-
     model = randomize_(vitkit.create_model(vitkit.ViTConfig(num_classes=num_classes, **TINY)), seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     vitkit.save(model, path, format="google")
     return model.eval()
 
 
+@pytest.fixture(autouse=True)
+def hub_env(tmp_path, monkeypatch):
+    """Own empty caches, fast retries, no offline switch or mirror from the outside."""
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setenv("VITKIT_RETRY_BACKOFF", "0.01")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("VITKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "VITKIT_GCS_URL",
+                 "VITKIT_TORCHVISION_URL", "VITKIT_GITHUB_URL", "VITKIT_FBAIPUBLICFILES_URL", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def bucket(tmp_path, monkeypatch):
-    """The bucket's layout with ViT-B_16.npz of the original release, served; the cache in tmp_path."""
+    """A static host laid out like the bucket, serving the original release's ViT-B_16.npz (tiny, real)."""
     root = tmp_path / "www"
-    model = tiny_google_file(root / "vit_models" / "imagenet21k" / "ViT-B_16.npz", 21843)
-    server = StaticServer(root)
+    file = root / "vit_models" / "imagenet21k" / "ViT-B_16.npz"
+    model = tiny_google_file(file, 21843)
+    server = StaticServer().start()
+    server.add("/vit_models/imagenet21k/ViT-B_16.npz", file.read_bytes())
     monkeypatch.setenv("VITKIT_GCS_URL", server.url)
     monkeypatch.setenv("VITKIT_TORCHVISION_URL", server.url)
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("VITKIT_OFFLINE", raising=False)
     yield server, model, root
     server.stop()
 
@@ -76,7 +64,7 @@ def bucket(tmp_path, monkeypatch):
 def test_load_by_catalog_name(bucket):
     server, reference, _ = bucket
     model = vitkit.load(NAME)
-    assert server.requests == ["/vit_models/imagenet21k/ViT-B_16.npz"]
+    assert server.count("/vit_models/imagenet21k/ViT-B_16.npz") == 1
     assert model.num_classes == 21843 and model.class_names == class_names("imagenet-21k")
     assert model.class_names[0] == "organism, being"
     entry = find_pretrained(NAME)
@@ -85,7 +73,7 @@ def test_load_by_catalog_name(bucket):
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
     again = vitkit.load(NAME)  # from the cache: no second request
-    assert server.requests == ["/vit_models/imagenet21k/ViT-B_16.npz"]
+    assert server.count("/vit_models/imagenet21k/ViT-B_16.npz") == 1
     assert torch.equal(again.head.weight, model.head.weight)
 
 
@@ -102,9 +90,11 @@ def test_sha256_given_by_the_caller_is_checked(bucket):
         vitkit.load(NAME, sha256="0" * 64)
 
 
-def test_a_file_other_than_the_catalog_says_is_refused(tmp_path, monkeypatch, bucket):
-    _, _, root = bucket
-    tiny_google_file(root / "vit_models" / "imagenet21k" / "ViT-B_32.npz", 10)  # 10 classes, not 21,843
+def test_a_file_other_than_the_catalog_says_is_refused(bucket):
+    server, _, root = bucket
+    file = root / "vit_models" / "imagenet21k" / "ViT-B_32.npz"
+    tiny_google_file(file, 10)  # 10 classes, not 21,843
+    server.add("/vit_models/imagenet21k/ViT-B_32.npz", file.read_bytes())
     with pytest.raises(CheckpointError, match=r"catalog lists vit-b32-in21k at 224 px with 21843 classes.*10 classes"):
         vitkit.load("vit-b32-in21k")
 
@@ -116,7 +106,7 @@ def test_download_then_everything_offline_with_the_server_stopped(bucket, tmp_pa
     assert out.startswith(f"{NAME}: ") and out.strip().endswith("ViT-B_16.npz")
     server.stop()
     monkeypatch.setenv("VITKIT_OFFLINE", "1")
-    monkeypatch.setenv("VITKIT_GCS_URL", "http://127.0.0.1:9")  # nothing there: a request would fail
+    # the stopped server's port now refuses connections: anything not served from the cache would fail
 
     image = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
@@ -170,10 +160,10 @@ def test_unknown_names_get_the_closest_ones(bucket, capsys):
 
 
 def test_torchvision_hash_prefix_is_checked(bucket, capsys):
-    _, _, root = bucket
-    target = root / "models" / "vit_b_16-c867db91.pth"
-    target.parent.mkdir(parents=True)
+    server, _, root = bucket
+    target = root / "vit_b_16-c867db91.pth"
     torch.save({"class_token": torch.zeros(1, 1, 8)}, target)  # not the published file: its hash differs
+    server.add("/models/vit_b_16-c867db91.pth", target.read_bytes())
     assert main(["download", "tv-vit-b16-in1k"]) == 2
     err = capsys.readouterr().err
     assert "does not start with c867db91" in err and len(err.strip().splitlines()) == 1
