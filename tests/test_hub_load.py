@@ -180,3 +180,50 @@ def test_models_pretrained_table(capsys):
     assert row.split()[1:6] == ["torchvision", "ViT-B/16", "224", "1,000", "81.07"]
     assert main(["models", "--pretrained", "augreg-*-384"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 9 + 2
+
+
+# ------------------------------------------------------------------------------ Hugging Face and timm repositories
+@pytest.fixture
+def hub(monkeypatch):
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def _repo_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_hugging_face_entry_by_name_and_by_repo_id(hub, tmp_path):
+    model = randomize_(vitkit.create_model(vitkit.ViTConfig(num_classes=1000, **{**TINY, "gelu": "exact"})), seed=4)
+    model.class_names = [f"class {i}" for i in range(1000)]
+    vitkit.save(model, tmp_path / "hf", format="hf")
+    hub.add_repo("google/vit-base-patch16-224", _repo_files(tmp_path / "hf"))
+    loaded = vitkit.load("hf-google-vit-base-patch16-224")
+    assert loaded.class_names == model.class_names  # the repository's own names win over the catalog's
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    hub.stop()  # the repo id is a name too, and the second load comes from huggingface_hub's cache
+    assert torch.equal(vitkit.load("google/vit-base-patch16-224").head.weight, loaded.head.weight)
+
+
+def test_timm_entry_by_name_gets_heads_class_names_and_preprocessing_from_the_catalog(hub, tmp_path):
+    timm_name = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    config = vitkit.ViTConfig(num_classes=1000, **{**TINY, "width": 48, "num_heads": 12, "gelu": "exact"})
+    model = randomize_(vitkit.create_model(config), seed=5).eval()
+    vitkit.save(model, tmp_path / "t.safetensors", format="timm")
+    hub.add_repo(f"timm/{timm_name}", {"config.json": b'{"architecture": "vit_base_patch16_224", "num_classes": 1000}',
+                                       "model.safetensors": (tmp_path / "t.safetensors").read_bytes()})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", vitkit.GuessWarning)  # the catalog says what the file does not
+        loaded = vitkit.load(f"timm-{timm_name}")
+    assert loaded.config.num_heads == 12 and loaded.class_names == class_names("imagenet-1k")
+    entry = find_pretrained(timm_name)
+    assert loaded.preprocessing.crop_pct == entry.crop_pct == 0.9 and loaded.preprocessing.interpolation == "bicubic"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
