@@ -114,6 +114,9 @@ def match_classes(model_class_names: Sequence[str] | None, num_model_classes: in
     data_classes = list(data_classes)
     if model_class_names:
         index = {name: i for i, name in enumerate(model_class_names)}
+        from ..hub.catalog import wordnet_index
+
+        index.update(wordnet_index(model_class_names))  # ImageNet folders are named by WordNet id (n01440764)
         missing = [name for name in data_classes if name not in index]
         if missing:
             raise UsageError(f"{where}: class {missing[0]!r} is not one of the checkpoint's {num_model_classes} "

@@ -354,5 +354,15 @@ def class_ids(key: str) -> list[str]:
     return list(_class_list(key)[0])
 
 
+def wordnet_index(names) -> dict[str, int]:
+    """{WordNet id: output index} when `names` are one of the shipped class lists (ImageNet folders are named by
+    WordNet id, the checkpoints' classes by name); else empty."""
+    names = tuple(names)
+    for key, count in CLASS_LISTS.items():
+        if len(names) == count and names == _class_list(key)[1]:
+            return {wnid: i for i, wnid in enumerate(_class_list(key)[0])}
+    return {}
+
+
 __all__ = ["PretrainedCheckpoint", "CATALOG", "list_pretrained", "find_pretrained", "get_pretrained",
-           "closest_names", "class_names", "class_ids", "SOURCES", "FORMATS"]
+           "closest_names", "class_names", "class_ids", "wordnet_index", "SOURCES", "FORMATS"]
