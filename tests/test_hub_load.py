@@ -214,6 +214,9 @@ def test_timm_entry_by_name_gets_heads_class_names_and_preprocessing_from_the_ca
     config = vitkit.ViTConfig(num_classes=1000, **{**TINY, "width": 48, "num_heads": 12, "gelu": "exact"})
     model = randomize_(vitkit.create_model(config), seed=5).eval()
     vitkit.save(model, tmp_path / "t.safetensors", format="timm")
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(tmp_path / "t.safetensors"), tmp_path / "t.safetensors")  # timm's files have no vitkit notes
     hub.add_repo(f"timm/{timm_name}", {"config.json": b'{"architecture": "vit_base_patch16_224", "num_classes": 1000}',
                                        "model.safetensors": (tmp_path / "t.safetensors").read_bytes()})
     import warnings

@@ -83,6 +83,9 @@ def entry_hints(entry: PretrainedCheckpoint | None) -> dict:
             hints["num_heads"] = variant_config(entry.variant).num_heads
         except ValueError:
             pass
+        # every such entry is a plain (or hybrid) ViT of timm's and torchvision's defaults, which these state dicts
+        # cannot show: class-token pooling, exact GELU, LayerNorm eps 1e-6
+        hints.update(pool="token", gelu="exact", layer_norm_eps=1e-6)
     return hints
 
 
