@@ -230,3 +230,31 @@ def test_timm_entry_by_name_gets_heads_class_names_and_preprocessing_from_the_ca
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_hugging_face_in21k_entry_is_a_model_without_head(hub, tmp_path):
+    """google/vit-*-in21k hold transformers' ViTModel (no classifier, a pooler): the catalog says 0 classes."""
+    import transformers
+
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=12, intermediate_size=96,
+                                    image_size=224, patch_size=16)
+    reference = transformers.ViTModel(config, add_pooling_layer=True)
+    randomize_(reference, seed=6).eval()
+    reference.save_pretrained(tmp_path / "in21k")
+    hub.add_repo("google/vit-base-patch16-224-in21k", _repo_files(tmp_path / "in21k"))
+    loaded = vitkit.load("hf-google-vit-base-patch16-224-in21k")
+    assert loaded.num_classes == 0 and not loaded.class_names
+    assert loaded.config.representation_size == 48  # the pooler, as the original's pre-logits layer
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(pixel_values=x).pooler_output, rtol=1e-4, atol=1e-5)
+
+
+def test_paths_with_a_plus_sign_are_fetched_as_published(bucket, capsys):
+    """R50+ViT-B_16.npz and imagenet21k+imagenet2012/: the + stays a + on the wire and in the cache."""
+    server, _, _ = bucket
+    path = "/vit_models/imagenet21k+imagenet2012/R50+ViT-B_16.npz"
+    server.add(path, b"not checked by download: " + bytes(range(256)))
+    assert main(["download", "r50-vit-b16-in21k-ft-in1k-384"]) == 0
+    assert server.count(path) == 1
+    assert capsys.readouterr().out.strip().endswith("imagenet21k+imagenet2012/R50+ViT-B_16.npz")
