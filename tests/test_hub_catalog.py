@@ -167,3 +167,18 @@ def test_list_and_find():
     assert find_pretrained("no-such-model") is None
     with pytest.raises(ValueError, match=r"did you mean vit-b16-in21k"):
         cat.get_pretrained("vit-b16-in21kk")
+
+
+def test_class_lists_are_the_ones_timm_names_these_heads_with():
+    """timm picks its label list by the head's size; for the Google in21k heads (21,843 outputs, the size its config
+    and the catalog give) that is Google's ImageNet-21k synsets, in this order and with these names."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    from timm.models import get_pretrained_cfg
+
+    for timm_name, key in (("vit_base_patch16_224.augreg_in21k", "imagenet-21k"),
+                           ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "imagenet-1k")):
+        cfg = get_pretrained_cfg(timm_name)
+        assert cfg.num_classes == cat.CLASS_LISTS[key]
+        info = ImageNetInfo(infer_imagenet_subset(cfg))
+        assert info.label_names() == class_ids(key)
+        assert info.label_descriptions() == class_names(key)
