@@ -258,3 +258,39 @@ def test_paths_with_a_plus_sign_are_fetched_as_published(bucket, capsys):
     assert main(["download", "r50-vit-b16-in21k-ft-in1k-384"]) == 0
     assert server.count(path) == 1
     assert capsys.readouterr().out.strip().endswith("imagenet21k+imagenet2012/R50+ViT-B_16.npz")
+
+
+def test_torchvision_entry_with_its_published_hash_prefix(bucket, monkeypatch, tmp_path, capsys):
+    """The whole torchvision route with a real torchvision state dict: the file's name carries the start of its
+    SHA-256, which is checked; the catalog's ImageNet names and transforms apply. (The entry is re-pointed at the
+    test file's own prefix: the published file itself is 330 MB.)"""
+    import dataclasses
+
+    import torchvision
+
+    from vitkit.hub import catalog as cat
+
+    server, _, root = bucket
+    reference = torchvision.models.VisionTransformer(image_size=224, patch_size=16, num_layers=1, num_heads=12,
+                                                     hidden_dim=48, mlp_dim=96, num_classes=1000)
+    randomize_(reference, seed=7).eval()
+    file = root / "tv.pth"
+    torch.save(reference.state_dict(), file)
+    prefix = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
+    entry = dataclasses.replace(find_pretrained("tv-vit-b16-in1k"), sha256_prefix=prefix,
+                                uri=f"https://download.pytorch.org/models/vit_b_16-{prefix}.pth")
+    monkeypatch.setitem(cat._BY_NAME, entry.name, entry)
+    server.add(f"/models/vit_b_16-{prefix}.pth", file.read_bytes())
+    assert main(["download", entry.name]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"vit_b_16-{prefix}.pth")
+
+    from vitkit.checkpoints import torchvision as tv_format
+
+    if not any(name.startswith("from_") for name in dir(tv_format)):
+        pytest.skip("no torchvision reader in this build (branch tv-bigvision)")
+    loaded = vitkit.load(entry.name)
+    assert loaded.class_names == class_names("imagenet-1k") and loaded.preprocessing.crop_pct == 0.875
+    assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x), rtol=1e-4, atol=1e-5)
