@@ -88,6 +88,10 @@ def test_sha256_given_by_the_caller_is_checked(bucket):
     assert vitkit.load("gs://vit_models/imagenet21k/ViT-B_16.npz", sha256=digest).num_classes == 21843
     with pytest.raises(DownloadError, match=digest):
         vitkit.load(NAME, sha256="0" * 64)
+    local = root / "vit_models/imagenet21k/ViT-B_16.npz"  # a local file is checked too
+    assert vitkit.load(local, sha256=digest.upper()).num_classes == 21843
+    with pytest.raises(CheckpointError, match=f"expected {'0' * 64}, got {digest}"):
+        vitkit.load(local, sha256="0" * 64)
 
 
 def test_a_file_other_than_the_catalog_says_is_refused(bucket):

@@ -39,6 +39,8 @@ def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> t
     """
     path = Path(source)
     if path.exists():
+        if sha256 is not None:
+            check_local_sha256(path, sha256)
         return path, None
     text = str(source).strip()
     entry = find_pretrained(text)
@@ -52,6 +54,21 @@ def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> t
                               "(vitkit models --pretrained lists them)")
     raise CheckpointError(text, "no such file or directory (nor a pre-trained name or URI: vitkit models --pretrained "
                           "lists the names; URIs are hf-hub:ORG/REPO, https://... or gs://...)")
+
+
+def check_local_sha256(path: Path, sha256: str) -> None:
+    """A hash the caller gives is checked on a local file too (read here, nothing written beside the file)."""
+    import hashlib
+
+    expected = str(sha256).strip().lower()
+    if path.is_dir():
+        raise CheckpointError(path, "sha256= checks a single file, and this is a folder")
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    if hasher.hexdigest() != expected:
+        raise CheckpointError(path, f"SHA-256 mismatch: expected {expected}, got {hasher.hexdigest()}")
 
 
 def model_source(source: str | os.PathLike) -> Path | str:
