@@ -99,7 +99,8 @@ def test_a_file_other_than_the_catalog_says_is_refused(bucket):
     file = root / "vit_models" / "imagenet21k" / "ViT-B_32.npz"
     tiny_google_file(file, 10)  # 10 classes, not 21,843
     server.add("/vit_models/imagenet21k/ViT-B_32.npz", file.read_bytes())
-    with pytest.raises(CheckpointError, match=r"catalog lists vit-b32-in21k at 224 px with 21843 classes.*10 classes"):
+    with pytest.raises(CheckpointError, match=r"catalog lists vit-b32-in21k at 224 px with 21843 classes and 32-px "
+                       r"patches, but the file has 224x224 px, 10 classes and 16x16-px patches"):
         vitkit.load("vit-b32-in21k")
 
 

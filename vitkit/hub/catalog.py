@@ -8,7 +8,7 @@ timm's pretrained configs, the DeiT repository's README; where a source states n
 
 Names (lower case, `-` between words):
   vit-b16-in21k, vit-b16-in21k-ft-in1k-384       the original release (gs://vit_models/imagenet21k*/)
-  augreg-vit-b16-in21k[-ft-in1k-384]              "How to train your ViT" recommended checkpoints (gs://vit_models/augreg/)
+  augreg-vit-b16-in21k[-ft-in1k-384]              "How to train your ViT" recommended set (gs://vit_models/augreg/)
   tv-vit-b16-in1k, tv-vit-b16-swag-e2e-384        torchvision's ViT_*_Weights (download.pytorch.org)
   hf-google-vit-base-patch16-224, hf-facebook-deit-base-patch16-224   Hugging Face repositories, named after the repo
   timm-vit_base_patch16_224.augreg2_in21k_ft_in1k timm's hub names (hf-hub:timm/...), "timm-" + timm's own name

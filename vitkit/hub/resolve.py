@@ -112,12 +112,17 @@ def apply_entry(converted, entry: PretrainedCheckpoint | None):
     source prepared them."""
     if entry is None:
         return converted
-    config = converted.config
-    found = (tuple(config.image_size), config.num_classes)
-    if found != ((entry.image_size, entry.image_size), entry.num_classes):
+    from ..configs import variant_config
+
+    config, variant = converted.config, variant_config(entry.variant)
+    patch = tuple(p * config.stem_stride for p in config.patch_size)  # in pixels, hybrids included
+    found = (tuple(config.image_size), config.num_classes, patch)
+    listed = ((entry.image_size,) * 2, entry.num_classes, tuple(p * variant.stem_stride for p in variant.patch_size))
+    if found != listed:
         raise CheckpointError(entry.uri, f"the catalog lists {entry.name} at {entry.image_size} px with "
-                              f"{entry.num_classes} classes, but the file has {found[0][0]}x{found[0][1]} px and "
-                              f"{found[1]} classes (a wrong mirror or cache entry?)")
+                              f"{entry.num_classes} classes and {listed[2][0]}-px patches, but the file has "
+                              f"{found[0][0]}x{found[0][1]} px, {found[1]} classes and {found[2][0]}x{found[2][1]}-px "
+                              "patches (a wrong mirror or cache entry?)")
     if entry.format in FILES_WITHOUT_PREPROCESSING:
         from ..configs import Preprocessing
 
