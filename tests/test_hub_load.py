@@ -1,7 +1,7 @@
 """Loading published checkpoints by catalog name, through a real HTTP server on 127.0.0.1 that serves small real
 checkpoints under the catalog entries' own paths (the bucket's layout), with the source's base URL pointed at it:
 vitkit.load(NAME), vitkit download NAME then loading offline with the server stopped, the commands that take a
-model by name (predict, eval, inspect, finetune --from), and the one-line error for an unknown name."""
+model by name (predict, eval, convert, inspect, finetune --from), and the one-line error for an unknown name."""
 
 from __future__ import annotations
 
@@ -128,6 +128,9 @@ def test_download_then_everything_offline_with_the_server_stopped(bucket, tmp_pa
     assert main(["eval", "--checkpoint", NAME, "--data", str(data), "--out", str(tmp_path / "ev"),
                  "--no-progress", "--num-workers", "0"]) == 0
     assert "4 images" in capsys.readouterr().out
+
+    assert main(["convert", NAME, str(tmp_path / "b16.safetensors")]) == 0  # keeps the catalog's class names
+    assert vitkit.load(tmp_path / "b16.safetensors").class_names == class_names("imagenet-21k")
 
     assert main(["inspect", "posemb", NAME, "--out", str(tmp_path / "posemb.png")]) == 0
     assert (tmp_path / "posemb.png").stat().st_size > 0 and "14x14 patches" in capsys.readouterr().out
