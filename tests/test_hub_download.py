@@ -334,6 +334,13 @@ def test_a_dropped_transfer_is_resumed_with_a_range_request(static, checkpoints)
     assert _leftovers(cache_dir()) == []
 
 
+def test_drops_that_make_progress_do_not_use_up_the_tries(static, checkpoints):
+    data = checkpoints["npz"][1]
+    static.fault(GCS_NPZ, *["drop"] * 6)  # each drop sends half of what is left: progress every time
+    path = download_url(GCS_URL, progress=False)
+    assert path.read_bytes() == data and static.count(GCS_NPZ) == 7
+
+
 def test_a_server_that_ignores_range_gets_the_whole_file_again(static, checkpoints):
     data = checkpoints["npz"][1]
     static.mode(GCS_NPZ, "no-range")
@@ -363,8 +370,9 @@ def test_a_cut_that_cannot_be_finished_names_the_url_and_the_next_run_resumes(st
     _assert_nothing_cached(url)
 
 
-@pytest.mark.parametrize("fault, fragment", [("html", "Content-Type text/html"),
-                                             ("html-as-binary", "Content-Type application/octet-stream")])
+@pytest.mark.parametrize("fault, fragment", [("html", "(HTTP 200, Content-Type text/html)"),
+                                             ("html-as-binary", "labelled application/octet-stream but starting "
+                                                                "with an HTML tag")])
 def test_an_html_page_with_status_200_is_refused(static, fault, fragment):
     static.fault(GCS_NPZ, fault)
     with pytest.raises(DownloadError) as excinfo:
