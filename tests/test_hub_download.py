@@ -264,6 +264,17 @@ def test_hf_hub_resumes_a_dropped_cdn_transfer_and_checks_sha256(hub, checkpoint
     assert resolve_uri("hf-hub:google/vit-drop", sha256=right) == path  # fetched again, right this time
 
 
+def test_hf_hub_private_repository_needs_hf_token(hub, checkpoints, monkeypatch):
+    model, files = checkpoints["hf"]
+    hub.add_repo("acme/private-vit", files, token="hf_local_test_token")
+    with pytest.raises(DownloadError) as excinfo:
+        resolve_uri("hf-hub:acme/private-vit")
+    _one_line_error(excinfo, "hf-hub:acme/private-vit", "no such repository", "HTTP 401", "HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")  # read by huggingface_hub at each call
+    _same_logits(model, resolve_uri("hf-hub:acme/private-vit"))
+    assert hub.authorizations[-1] == "Bearer hf_local_test_token"
+
+
 def test_hf_hub_bad_cases(hub, checkpoints, monkeypatch):
     hub.add_repo("google/vit-tiny-test", checkpoints["hf"][1])
     with pytest.raises(DownloadError) as excinfo:
