@@ -246,6 +246,8 @@ class HubServer(_Server):
     def __init__(self):
         super().__init__()
         self.repos: dict[str, dict] = {}
+        self.private: dict[str, str] = {}  # repository -> the token that may see it
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.cdn = StaticServer()
 
     def start(self):
@@ -256,8 +258,11 @@ class HubServer(_Server):
         super().stop()
         self.cdn.stop()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], revision: str = "main") -> str:
-        """Add a repository whose `revision` (a branch) points at a new commit holding `files`; returns the commit."""
+    def add_repo(self, repo_id: str, files: dict[str, bytes], revision: str = "main", token: str | None = None) -> str:
+        """Add a repository whose `revision` (a branch) points at a new commit holding `files`; returns the commit.
+        With `token`, the repository is private: without `Authorization: Bearer TOKEN` it does not exist (401)."""
+        if token:
+            self.private[repo_id] = token
         commit = hashlib.sha1(json.dumps([repo_id, revision, sorted(files)]).encode()
                               + b"".join(files[k] for k in sorted(files))).hexdigest()
         repo = self.repos.setdefault(repo_id, {"refs": {}, "commits": {}})
@@ -289,6 +294,13 @@ class HubServer(_Server):
         else:
             return _send_status(handler, 404, {"Content-Type": "text/plain"}, b"Not Found")
         repo, commit = self._commit(repo_id, revision)
+        authorization = handler.headers.get("Authorization")
+        with self._lock:
+            self.authorizations.append(authorization)
+        if repo_id in self.private and authorization != f"Bearer {self.private[repo_id]}":
+            return _send_status(handler, 401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Invalid username "
+                                               "or password.", "Content-Type": "application/json"},
+                                b'{"error":"Invalid username or password."}')
         if repo is None:
             return _send_status(handler, 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not "
                                                "found", "Content-Type": "application/json"},

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -264,6 +263,17 @@ def test_hf_hub_resumes_a_dropped_cdn_transfer_and_checks_sha256(hub, checkpoint
     assert resolve_uri("hf-hub:google/vit-drop", sha256=right) == path  # fetched again, right this time
 
 
+def test_hf_hub_private_repository_needs_hf_token(hub, checkpoints, monkeypatch):
+    model, files = checkpoints["hf"]
+    hub.add_repo("acme/private-vit", files, token="hf_local_test_token")
+    with pytest.raises(DownloadError) as excinfo:
+        resolve_uri("hf-hub:acme/private-vit")
+    _one_line_error(excinfo, "hf-hub:acme/private-vit", "no such repository", "HTTP 401", "HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")  # read by huggingface_hub at each call
+    _same_logits(model, resolve_uri("hf-hub:acme/private-vit"))
+    assert hub.authorizations[-1] == "Bearer hf_local_test_token"
+
+
 def test_hf_hub_bad_cases(hub, checkpoints, monkeypatch):
     hub.add_repo("google/vit-tiny-test", checkpoints["hf"][1])
     with pytest.raises(DownloadError) as excinfo:
@@ -334,6 +344,13 @@ def test_a_dropped_transfer_is_resumed_with_a_range_request(static, checkpoints)
     assert _leftovers(cache_dir()) == []
 
 
+def test_drops_that_make_progress_do_not_use_up_the_tries(static, checkpoints):
+    data = checkpoints["npz"][1]
+    static.fault(GCS_NPZ, *["drop"] * 6)  # each drop sends half of what is left: progress every time
+    path = download_url(GCS_URL, progress=False)
+    assert path.read_bytes() == data and static.count(GCS_NPZ) == 7
+
+
 def test_a_server_that_ignores_range_gets_the_whole_file_again(static, checkpoints):
     data = checkpoints["npz"][1]
     static.mode(GCS_NPZ, "no-range")
@@ -363,8 +380,9 @@ def test_a_cut_that_cannot_be_finished_names_the_url_and_the_next_run_resumes(st
     _assert_nothing_cached(url)
 
 
-@pytest.mark.parametrize("fault, fragment", [("html", "Content-Type text/html"),
-                                             ("html-as-binary", "Content-Type application/octet-stream")])
+@pytest.mark.parametrize("fault, fragment", [("html", "(HTTP 200, Content-Type text/html)"),
+                                             ("html-as-binary", "labelled application/octet-stream but starting "
+                                                                "with an HTML tag")])
 def test_an_html_page_with_status_200_is_refused(static, fault, fragment):
     static.fault(GCS_NPZ, fault)
     with pytest.raises(DownloadError) as excinfo:

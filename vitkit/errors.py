@@ -29,6 +29,14 @@ class DownloadError(OSError):
     def __str__(self) -> str:  # OSError's own __str__ would show the args tuple for some argument counts
         return self.args[0]
 
+    def __reduce__(self):  # survives pickling (multiprocessing workers), whose default would call __init__(message)
+        return (_download_error, (self.url, self.args[0]))
+
+
+def _download_error(url: str, full_message: str) -> DownloadError:
+    error = DownloadError(url, "")
+    error.args = (full_message,)
+    return error
 
 class GuessWarning(UserWarning):
     """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`

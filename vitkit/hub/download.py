@@ -323,9 +323,9 @@ def _receive(response, source: str, name: str, final: Path, part: Path, offset: 
                 if not offset and not received and _looks_like_html(chunk) and not wants_html:
                     f.close()
                     _discard(part)
-                    raise DownloadError(name, f"the server sent an HTML page (HTTP {status}, Content-Type "
-                                              f"{content_type}) instead of the file: an error or login page, or a "
-                                              "wrong URL")
+                    raise DownloadError(name, f"the server sent an HTML page (HTTP {status}, labelled "
+                                              f"{content_type} but starting with an HTML tag) instead of the file: "
+                                              "an error or login page, or a wrong URL")
                 f.write(chunk)
                 hasher.update(chunk)
                 received += len(chunk)
