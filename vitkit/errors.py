@@ -38,6 +38,7 @@ def _download_error(url: str, full_message: str) -> DownloadError:
     error.args = (full_message,)
     return error
 
+
 class GuessWarning(UserWarning):
     """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`
     assumed one; the message names each guess and the keyword that says it instead."""
