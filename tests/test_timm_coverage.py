@@ -136,3 +136,23 @@ def test_coverage_counts_are_reported(tmp_path):
     assert timm_coverage.counts(results)["hub"] == Counter({"exact": 2, "refused (named)": 1})
     assert results["bare"]["vit_base_patch16_rpn_224"][0] == "guessed"  # same tensors as pre-norm: announced
     assert results["bare"]["vit_so150m2_patch16_reg1_gap_256"][0] == "refused (ambiguous)"  # width 832: pass heads
+
+
+def test_hub_folder_with_a_non_square_input_size_and_a_torch_weights_file(tmp_path):
+    """pretrained_cfg's input_size is the size timm builds at: it settles a grid the tensors leave open."""
+    import timm
+
+    from conftest import randomize_
+
+    ref = randomize_(timm.create_model("vit_small_patch16_224", depth=1, img_size=(48, 32), num_classes=4)).eval()
+    config = {"architecture": "vit_small_patch16_224", "num_classes": 4, "model_args": {"depth": 1},
+              "pretrained_cfg": {"input_size": [3, 48, 32], "mean": [0.5] * 3, "std": [0.5] * 3}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuessWarning)
+        model = vitkit.load(tmp_path)
+    assert model.config.image_size == (48, 32)
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        assert rel_err(model(x), ref(x)) <= 1e-5
