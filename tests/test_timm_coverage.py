@@ -53,7 +53,8 @@ def test_the_table_knows_what_tensors_cannot_show():
     assert t["vit_base_patch16_rpn_224"]["unsupported"] == ["residual post-norm blocks"]
     assert t["vit_base_patch16_clip_quickgelu_224"]["unsupported"] == ["QuickGELU activation"]
     assert t["vit_small_patch16_18x2_224"]["unsupported"] == ["parallel blocks"]
-    assert t["deit_tiny_distilled_patch16_224"]["dist_token"] and not t["deit_tiny_distilled_patch16_224"]["unsupported"]
+    deit = t["deit_tiny_distilled_patch16_224"]
+    assert deit["dist_token"] and not deit["unsupported"]
 
 
 def _gap_224(tmp_path):

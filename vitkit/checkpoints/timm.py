@@ -175,9 +175,11 @@ def from_timm(tensors: dict[str, torch.Tensor], path, settings: Settings | None 
                       "the same tensors and are not supported)")
     norm_after_pool = r.has("fc_norm.weight")
     if norm_after_pool and r.has("norm.weight"):
-        raise CheckpointError(path, "both 'norm' and 'fc_norm' present; timm uses one or the other", key="fc_norm.weight")
+        raise CheckpointError(path, "both 'norm' and 'fc_norm' present; timm uses one or the other",
+                              key="fc_norm.weight")
     if not norm_after_pool and not r.has("norm.weight"):
-        raise CheckpointError(path, "unsupported timm model: no final norm (timm's final_norm=False)", key="norm.weight")
+        raise CheckpointError(path, "unsupported timm model: no final norm (timm's final_norm=False)",
+                              key="norm.weight")
     final = "fc_norm" if norm_after_pool else "norm"
     take("norm.weight", (width,), f"{final}.weight")
     take("norm.bias", (width,), f"{final}.bias")
@@ -476,10 +478,6 @@ def guess_heads(width: int, settings: Settings, key: str) -> int:
     if width % heads:
         raise CheckpointError(settings.path, f"width {width} is not divisible by num_heads={heads}", key=key)
     return heads
-
-
-def _is_square(n: int) -> bool:
-    return n >= 0 and int(n**0.5) ** 2 == n
 
 
 def timm_problems(config: ViTConfig) -> list[str]:

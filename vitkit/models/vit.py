@@ -171,7 +171,7 @@ class AttentionPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        q = linear(self.latent, self.q).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (1, heads, 1, hd)
+        q = linear(self.latent, self.q).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (1, heads, 1, d)
         kv = linear(x, self.kv).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)  # each (B, heads, N, head_dim)
         x, _ = attention(q.expand(B, -1, -1, -1), k, v)  # (B, heads, 1, head_dim)
