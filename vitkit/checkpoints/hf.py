@@ -38,8 +38,11 @@ MODEL_TYPES = {
     "dinov2_with_registers": ("Dinov2WithRegistersModel", "gelu", 1e-6),
     "clip_vision_model": ("CLIPVisionModel, CLIPVisionModelWithProjection (with GELU, not quick GELU)", "quick_gelu",
                           1e-5),
-    "siglip_vision_model": ("SiglipVisionModel", "gelu_pytorch_tanh", 1e-6),
+    "siglip_vision_model": ("SiglipVisionModel, SiglipForImageClassification", "gelu_pytorch_tanh", 1e-6),
+    "ijepa": ("IJepaModel, IJepaForImageClassification", "gelu", 1e-12),
 }
+# image-text pairs whose vision tower vitkit reads when the file holds it alone (...ForImageClassification)
+PAIR_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 # model types that are ViT-like but use a part vitkit does not implement: refused by that part's name
 REFUSED_TYPES = {
     "beit": "relative position bias (BEiT)",
@@ -49,8 +52,6 @@ REFUSED_TYPES = {
     "dinov3_vit": "rotary position embeddings (DINOv3)",
     "siglip2_vision_model": "NaFlex variable-resolution patches (SigLIP 2)",
     "siglip2": "NaFlex variable-resolution patches (SigLIP 2)",
-    "clip": "a CLIP image-text pair: vitkit reads the vision tower alone (CLIPVisionModel.save_pretrained)",
-    "siglip": "a SigLIP image-text pair: vitkit reads the vision tower alone (SiglipVisionModel.save_pretrained)",
     "swin": "shifted-window attention (Swin)",
     "swinv2": "shifted-window attention (Swin V2)",
     "vitdet": "windowed attention with relative positions (ViTDet)",
@@ -59,7 +60,7 @@ REFUSED_TYPES = {
     "pvt_v2": "spatial-reduction attention (PVT v2)",
     "mobilevit": "convolutional blocks (MobileViT)",
 }
-_BASE_PREFIXES = ("vit.", "deit.", "dinov2.", "vision_model.")
+_BASE_PREFIXES = ("vit.", "deit.", "dinov2.", "ijepa.", "vision_model.")
 # any naming of a block's parts -> one canonical naming (transformers 5's, with norm1/norm2)
 _LAYER_RENAMES = [
     (re.compile(r"\.attention\.attention\.query\."), ".attention.q_proj."),
@@ -150,6 +151,8 @@ def _bare_model_type(keys) -> str:
         return "clip_vision_model"
     if "embeddings.patch_embedding.weight" in keys:
         return "siglip_vision_model"
+    if "embeddings.cls_token" not in keys:
+        return "ijepa"
     return "vit"
 
 
@@ -158,15 +161,29 @@ def _refuse_parts(path, tensors: dict, original: dict, cfg: dict) -> None:
     def first(test):
         return next((k for k in tensors if test(k)), None)
 
+    text = first(lambda k: k.startswith("text_model.") or k == "logit_scale")
+    if text is not None:
+        raise CheckpointError(path, "a text tower (an image-text pair: CLIPModel, SiglipModel): vitkit reads the "
+                              "vision tower alone (CLIPVisionModel, SiglipVisionModel)", key=original[text])
     decoder = first(lambda k: k.startswith("decoder."))
     if decoder is not None:
         raise CheckpointError(path, "a pixel decoder for masked-image pre-training (decoder.*: ViTForMaskedImageModeling"
                               ", DeiTForMaskedImageModeling, ViTMAEForPreTraining): vitkit has no decoder; save the "
                               "encoder alone (its ...Model class) to load it", key=original[decoder])
-    relpos = first(lambda k: "relative_position" in k or k.endswith(".lambda_1") or k.endswith(".lambda_2"))
+    relpos = first(lambda k: "relative_position" in k)
     if relpos is not None:
-        raise CheckpointError(path, "relative position bias (BEiT, data2vec-vision): vitkit has no relative position "
+        raise CheckpointError(path, "relative position bias (BEiT, data2vec-vision, Swin): vitkit has no relative position "
                               "encodings", key=original[relpos])
+    beit = first(lambda k: k.endswith(".lambda_1") or k.endswith(".lambda_2") or k.startswith("pooler.layernorm."))
+    if beit is not None:
+        raise CheckpointError(path, "BEiT's blocks (lambda_1/lambda_2 layer scales, a key projection without bias, a "
+                              "mean-pooling norm): vitkit reads BEiT and data2vec-vision neither with nor without "
+                              "relative position bias", key=original[beit])
+    detection = first(lambda k: "detection_tokens" in k or k.startswith(("class_labels_classifier.",
+                                                                           "bbox_predictor.")))
+    if detection is not None:
+        raise CheckpointError(path, "detection tokens (YOLOS): vitkit's ViT has no object-detection tokens or box heads",
+                              key=original[detection])
     swiglu = first(lambda k: ".mlp.weights_in." in k or ".mlp.gate_proj." in k or ".mlp.w12." in k)
     if swiglu is not None or cfg.get("use_swiglu_ffn"):
         raise CheckpointError(path, "a SwiGLU MLP (DINOv2 with use_swiglu_ffn): vitkit's blocks have a GELU MLP",
@@ -199,6 +216,10 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         model_type = _bare_model_type(tensors)
     else:
         model_type = cfg.get("model_type", "vit")
+        if model_type in PAIR_TYPES and isinstance(cfg.get("vision_config"), dict):
+            _refuse_parts(path, tensors, original, {})  # a text tower, if any
+            cfg = {**cfg["vision_config"], "id2label": cfg.get("id2label")}
+            model_type = PAIR_TYPES[model_type]
         if model_type in REFUSED_TYPES:
             raise CheckpointError(path, f"model_type {model_type!r}: {REFUSED_TYPES[model_type]}; vitkit reads "
                                   f"model_type {', '.join(map(repr, MODEL_TYPES))}", key="model_type")
@@ -242,7 +263,7 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         take("cls_token", "embeddings.cls_token", (1, 1, width))
     elif r.has("embeddings.class_embedding"):
         take("cls_token", "embeddings.class_embedding", (width,), reshape=(1, 1, width))
-    elif model_type == "siglip_vision_model":
+    elif model_type in ("siglip_vision_model", "ijepa"):
         class_token = False
     else:
         r.get("embeddings.cls_token")  # raises: missing tensor
@@ -335,13 +356,19 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
     num_classes, representation_size, dist_head, pool = 0, None, False, "token" if class_token else "gap"
     if r.has("classifier.weight"):
         num_classes = r.shape("classifier.weight")[0]
+        if model_type == "clip_vision_model":
+            raise CheckpointError(path, "a classifier on the mean of the patch tokens before CLIP's final norm "
+                                  "(CLIPForImageClassification): vitkit pools normalised tokens",
+                                  key=original["classifier.weight"])
         if r.shape("classifier.weight")[1:] == (2 * width,) and model_type.startswith("dinov2"):
             raise CheckpointError(path, "a classifier on the class token and the mean patch token side by side "
                                   "(Dinov2ForImageClassification): vitkit's heads read one pooled vector; load the "
                                   "backbone (Dinov2Model)", key=original["classifier.weight"])
         take("head.weight", "classifier.weight", (num_classes, width))
         take("head.bias", "classifier.bias", (num_classes,))
-        ignore += [k for k in tensors if k.startswith("pooler.")]  # ...ForImageClassification does not use it
+        # ...ForImageClassification uses neither the pooler nor SigLIP's attention-pool head: it classifies the
+        # class token, or without one the mean of the normalised tokens
+        ignore += [k for k in tensors if k.startswith(("pooler.", "head."))]
     elif r.has("cls_classifier.weight"):  # DeiTForImageClassificationWithTeacher: the mean of two heads
         num_classes = r.shape("cls_classifier.weight")[0]
         take("head.weight", "cls_classifier.weight", (num_classes, width))
@@ -360,7 +387,11 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         representation_size = r.shape("pooler.dense.weight")[0]
         take("pre_logits.fc.weight", "pooler.dense.weight", (representation_size, width))
         take("pre_logits.fc.bias", "pooler.dense.bias", (representation_size,))
-    if r.has("head.probe"):  # SigLIP's attention-pooling head: a probe attends over the normalised tokens
+    if not class_token and r.has("pooler.dense.weight"):
+        raise CheckpointError(path, "a pooler on the first patch token (IJepaModel with add_pooling_layer): vitkit's "
+                              "representation layer reads a class token or pooled tokens",
+                              key=original["pooler.dense.weight"])
+    if r.has("head.probe") and not num_classes:  # SigLIP's attention-pooling head: a probe attends over the normalised tokens
         pool = "map"
         take("attn_pool.latent", "head.probe", (1, 1, width))
         in_w = r.get("head.attention.in_proj_weight", (3 * width, width))
@@ -379,15 +410,16 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         take("attn_pool.mlp.fc1.bias", "head.mlp.fc1.bias", (mlp_dim,))
         take("attn_pool.mlp.fc2.weight", "head.mlp.fc2.weight", (width, mlp_dim))
         take("attn_pool.mlp.fc2.bias", "head.mlp.fc2.bias", (width,))
-    elif not class_token:
-        pool = settings.assumed("pool", "gap", "no attention-pool head; SigLIP's classifier averages the tokens") \
-            if bare else settings.recorded("pool", "gap", key="vision_use_head")
+    elif not class_token:  # SigLIP without its head, IJEPA: their classifiers average the normalised tokens
+        pool = settings.recorded("pool", "gap", key=original.get(pos_name))
     r.check_all_taken(ignore=ignore)
 
     # ------------------------------------------------------------------ numerics and heads count
     if bare and "gelu" in hints:
         gelu = settings.recorded("gelu", hints["gelu"], key="vitkit.config")
-    elif bare and default_act == "quick_gelu" and "gelu" not in settings.given:
+    elif bare and default_act == "quick_gelu" and "gelu" in settings.given:
+        gelu = settings.given["gelu"]
+    elif bare and default_act == "quick_gelu":
         raise CheckpointError(path, "a bare CLIP vision file does not record its activation, and CLIP's default is "
                               "quick GELU, which vitkit lacks; pass gelu='exact' (hidden_act 'gelu') or gelu='tanh' "
                               "if the model used one of those", key=original.get(f"{proj}.weight"))
