@@ -195,9 +195,14 @@ def test_unsupported_timm_features_are_named(tmp_path):
     from vitkit.checkpoints.timm import to_timm
 
     sd = {k: v.contiguous() for k, v in to_timm(model).items()}
-    sd["blocks.0.ls1.gamma"] = torch.ones(192)
+    sd["blocks.0.attn.q_norm.weight"] = torch.ones(64)  # LayerScale loads now (layer_scale); QK norm does not
+    save_file(sd, tmp_path / "qk.safetensors")
+    with pytest.raises(CheckpointError, match="key 'blocks.0.attn.q_norm.weight': unsupported timm model: QK norm"):
+        vitkit.load(tmp_path / "qk.safetensors")
+    sd.pop("blocks.0.attn.q_norm.weight")
+    sd["blocks.0.ls1.gamma"] = torch.ones(192)  # half of LayerScale: the missing half is named
     save_file(sd, tmp_path / "ls.safetensors")
-    with pytest.raises(CheckpointError, match="LayerScale.*blocks.0.ls1.gamma|blocks.0.ls1.gamma.*LayerScale"):
+    with pytest.raises(CheckpointError, match="key 'blocks.0.ls2.gamma': missing tensor"):
         vitkit.load(tmp_path / "ls.safetensors")
 
 

@@ -73,6 +73,9 @@ def test_timm_loads_what_vitkit_writes(tmp_path):
     x = torch.randn(2, 3, 32, 24)
     with torch.no_grad():
         assert rel_err(model(x), ref(x)) <= 1e-5
+        again = vitkit.load(tmp_path / "m.safetensors")  # and back: the metadata records heads, size and numerics
+        assert rel_err(again(x), model(x)) <= 1e-6
+    assert (again.config.num_reg_tokens, again.config.pool, again.config.norm_pre) == (4, "map", True)
     dist = model_for(dist_token=True, dist_head=True)
     vitkit.save(dist, tmp_path / "d.pth", format="timm")
     ref = timm_class(dist.config)(**timm_kwargs(dist.config)).eval()
@@ -249,3 +252,21 @@ def test_vitkit_format_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 24)
     with torch.no_grad():
         assert rel_err(again(x), model(x)) == 0.0
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c].get("posemb") != "sincos_2d"])
+def test_timm_state_dicts_with_the_options_load_exactly(tmp_path, case):
+    """timm's own module (random non-zero weights) -> its state dict -> vitkit.load: the options are read from the
+    tensors (registers, LayerScale, norm_pre, attn_pool, dist_token / head_dist); the rest is said by keyword."""
+    config = ViTConfig(**{**TINY, **CASES[case]})
+    ref = randomize_(timm_class(config)(**timm_kwargs(config)), seed=5).eval()
+    path = tmp_path / "timm.pth"
+    torch.save(ref.state_dict(), path)
+    model = vitkit.load(path, num_heads=3, image_size=(32, 24), gelu=config.gelu,
+                        layer_norm_eps=config.layer_norm_eps, pool=config.pool)
+    for name in ("num_reg_tokens", "dist_token", "dist_head", "norm_pre", "pool", "norm_after_pool", "class_token"):
+        assert getattr(model.config, name) == getattr(config, name), name
+    assert (model.config.layer_scale is None) == (config.layer_scale is None)
+    x = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        assert rel_err(model(x), ref(x)) <= 1e-5

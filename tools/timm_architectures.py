@@ -99,6 +99,7 @@ def describe(name: str) -> dict:
         "mlp_dim": getattr(getattr(mlp, "fc1", None), "out_features", None),
         "img_size": list(embed.img_size) if getattr(embed, "img_size", None) else None,
         "patch_size": list(embed.patch_size),
+        "grid_size": list(embed.grid_size) if getattr(embed, "grid_size", None) else None,
         "in_chans": model.in_chans if hasattr(model, "in_chans") else 3,
         "num_classes": model.num_classes,
         "embed": type(embed).__name__,

@@ -65,12 +65,20 @@ def from_timm(tensors: dict[str, torch.Tensor], path, settings: Settings | None 
         if found:
             raise CheckpointError(path, f"unsupported timm model: {what}", key=found[0])
     r = Reader(tensors, path)
+    sd, src = {}, {}
+    resnet = None
+    if is_timm_hybrid(tensors):  # the paper's hybrids: a BiT ResNet under patch_embed.backbone.*
+        backbone = read_timm_backbone(r, path)
+        sd.update(backbone.state_dict)
+        src.update(backbone.sources)
+        resnet = backbone.resnet
     w_shape = r.shape("patch_embed.proj.weight")
     if len(w_shape) != 4:
         raise CheckpointError(path, f"expected shape (width, channels, ph, pw), found {w_shape}",
                               key="patch_embed.proj.weight")
     width, in_channels, ph, pw = w_shape
-    sd, src = {}, {}
+    if resnet is not None:
+        in_channels = backbone.in_channels
 
     def take(name, shape, source=None):
         source = source or name
@@ -83,12 +91,6 @@ def from_timm(tensors: dict[str, torch.Tensor], path, settings: Settings | None 
             return settings.recorded(name, hints[name], key=source)
         return settings.assumed(name, default, why)
 
-    resnet = None
-    if is_timm_hybrid(tensors):  # the paper's hybrids: a BiT ResNet under patch_embed.backbone.*
-        backbone = read_timm_backbone(r, path)
-        sd.update(backbone.state_dict)
-        src.update(backbone.sources)
-        resnet, in_channels = backbone.resnet, backbone.in_channels
     stride = resnet.stride if resnet is not None else 1
     take("patch_embed.proj.weight", w_shape)
     norm_pre = r.has("norm_pre.weight")
@@ -315,7 +317,8 @@ def unsupported_parts(e: dict) -> list[str]:
     elif e["act"] not in (None, "gelu", "gelu_tanh"):
         parts.append({"quick_gelu": "QuickGELU activation"}.get(e["act"], f"{e['act']} activation"))
     if e["attn"] not in (None, "Attention", "EvaAttention", "RelPosAttention"):
-        parts.append({"DiffAttention": "differential attention"}.get(e["attn"], f"{e['attn']} attention"))
+        parts.append({"DiffAttention": "differential attention", "AttentionRope": "rotary position embeddings"}
+                     .get(e["attn"], f"{e['attn']} attention"))
     if e["norm"] not in (None, "LayerNorm"):
         parts.append({"RmsNorm": "RMSNorm"}.get(e["norm"], e["norm"]))
     if e["qk_norm"]:
@@ -332,6 +335,9 @@ def unsupported_parts(e: dict) -> list[str]:
         parts.append("pooling over the prefix tokens")
     if not e["final_norm"] and not e["fc_norm"]:
         parts.append("no final norm")
+    if e["backbone"] not in (None, "ResNetV2", "Sequential"):  # timm's BiT ResNet, or its root alone
+        parts.append({"FeatureListNet": "a timm ResNet-D backbone with BatchNorm",
+                      "ConvStem": "MobileCLIP's convolutional stem"}.get(e["backbone"], f"a {e['backbone']} backbone"))
     if e["embed"] not in ("PatchEmbed", "HybridEmbed"):
         parts.append(f"{e['embed']} patch embedding")
     if e["dist_token"] and e["num_reg_tokens"]:
