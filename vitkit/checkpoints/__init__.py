@@ -182,8 +182,6 @@ def _announce(path, converted: Converted) -> None:
     """One warning naming every value a reader assumed and the keyword that would have said it."""
     guessed = converted.guessed
     if not guessed:
-        if converted.notes:  # an assumption no keyword changes, announced even when nothing else is guessed
-            warnings.warn(f"{path}: {'; '.join(converted.notes)}", GuessWarning, stacklevel=3)
         return
     parts = [f"{name}={value!r} ({why})" for name, (value, why) in guessed.items()]
     keywords = ", ".join(f"{name}=" for name in guessed)

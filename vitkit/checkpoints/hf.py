@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..configs import Preprocessing, ViTConfig, to_pair
-from ..errors import CheckpointError
+from ..errors import CheckpointError, GuessWarning
 from .common import Converted, Reader, Settings, grid_candidates
 from .io import atomic_write_text, read_json, read_safetensors, read_torch, save_safetensors
 
@@ -446,9 +447,10 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         from .timm import guess_heads
 
         heads = guess_heads(width, settings, original.get(f"{proj}.weight"))
-    if model_type == "vit_mae" and float(cfg.get("mask_ratio", 0.0)) > 0:
-        settings.note(f"MAE's random masking (mask_ratio={cfg['mask_ratio']}, a pre-training device) is not "
-                      "applied: vitkit's encoder sees every patch in order, as MAE's fine-tuning and linear probing do")
+    if model_type == "vit_mae" and float(cfg.get("mask_ratio", 0.0)) > 0:  # said always, not only beside guesses
+        warnings.warn(f"{path}: MAE's random masking (mask_ratio={cfg['mask_ratio']}, a pre-training device) is not "
+                      "applied: vitkit's encoder sees every patch in order, as MAE's fine-tuning and linear probing "
+                      "do", GuessWarning, stacklevel=4)
     config = ViTConfig(
         image_size=(grid[0] * ph, grid[1] * pw), patch_size=(ph, pw), in_channels=in_channels, width=width,
         depth=depth, num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool, class_token=class_token,
@@ -463,7 +465,7 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             class_names = names
     return Converted(config, sd, src, Preprocessing(image_size=config.image_size), class_names,
-                     guessed=settings.guessed, notes=settings.notes)
+                     guessed=settings.guessed)
 
 
 def hf_config(model) -> dict:
