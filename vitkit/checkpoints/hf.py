@@ -168,13 +168,14 @@ def _refuse_parts(path, tensors: dict, original: dict, cfg: dict) -> None:
                               "vision tower alone (CLIPVisionModel, SiglipVisionModel)", key=original[text])
     decoder = first(lambda k: k.startswith("decoder."))
     if decoder is not None:
-        raise CheckpointError(path, "a pixel decoder for masked-image pre-training (decoder.*: ViTForMaskedImageModeling"
-                              ", DeiTForMaskedImageModeling, ViTMAEForPreTraining): vitkit has no decoder; save the "
-                              "encoder alone (its ...Model class) to load it", key=original[decoder])
+        raise CheckpointError(path, "a pixel decoder for masked-image pre-training (decoder.*: "
+                              "ViTForMaskedImageModeling, DeiTForMaskedImageModeling, ViTMAEForPreTraining): vitkit "
+                              "has no decoder; save the encoder alone (its ...Model class) to load it",
+                              key=original[decoder])
     relpos = first(lambda k: "relative_position" in k)
     if relpos is not None:
-        raise CheckpointError(path, "relative position bias (BEiT, data2vec-vision, Swin): vitkit has no relative position "
-                              "encodings", key=original[relpos])
+        raise CheckpointError(path, "relative position bias (BEiT, data2vec-vision, Swin): vitkit has no relative "
+                              "position encodings", key=original[relpos])
     beit = first(lambda k: k.endswith(".lambda_1") or k.endswith(".lambda_2") or k.startswith("pooler.layernorm."))
     if beit is not None:
         raise CheckpointError(path, "BEiT's blocks (lambda_1/lambda_2 layer scales, a key projection without bias, a "
@@ -183,8 +184,8 @@ def _refuse_parts(path, tensors: dict, original: dict, cfg: dict) -> None:
     detection = first(lambda k: "detection_tokens" in k or k.startswith(("class_labels_classifier.",
                                                                            "bbox_predictor.")))
     if detection is not None:
-        raise CheckpointError(path, "detection tokens (YOLOS): vitkit's ViT has no object-detection tokens or box heads",
-                              key=original[detection])
+        raise CheckpointError(path, "detection tokens (YOLOS): vitkit's ViT has no object-detection tokens or box "
+                              "heads", key=original[detection])
     swiglu = first(lambda k: ".mlp.weights_in." in k or ".mlp.gate_proj." in k or ".mlp.w12." in k)
     if swiglu is not None or cfg.get("use_swiglu_ffn"):
         raise CheckpointError(path, "a SwiGLU MLP (DINOv2 with use_swiglu_ffn): vitkit's blocks have a GELU MLP",
@@ -392,7 +393,7 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
         raise CheckpointError(path, "a pooler on the first patch token (IJepaModel with add_pooling_layer): vitkit's "
                               "representation layer reads a class token or pooled tokens",
                               key=original["pooler.dense.weight"])
-    if r.has("head.probe") and not num_classes:  # SigLIP's attention-pooling head: a probe attends over the normalised tokens
+    if r.has("head.probe") and not num_classes:  # SigLIP's attention-pool head: a probe attends over the tokens
         pool = "map"
         take("attn_pool.latent", "head.probe", (1, 1, width))
         in_w = r.get("head.attention.in_proj_weight", (3 * width, width))
