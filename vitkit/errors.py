@@ -17,6 +17,19 @@ class UsageError(ValueError):
     prints it as one line and exits with code 2."""
 
 
+class DownloadError(OSError):
+    """A file that could not be fetched or served from the cache: a missing URL, a refused connection, a transfer
+    cut off, an HTML page instead of a checkpoint, a wrong SHA-256, offline mode with nothing cached, a full disk, a
+    read-only cache. An OSError, so the command line prints its one-line message and exits with code 2."""
+
+    def __init__(self, url, message: str):
+        self.url = str(url)
+        super().__init__(f"{self.url}: {message}")
+
+    def __str__(self) -> str:  # OSError's own __str__ would show the args tuple for some argument counts
+        return self.args[0]
+
+
 class GuessWarning(UserWarning):
     """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`
     assumed one; the message names each guess and the keyword that says it instead."""

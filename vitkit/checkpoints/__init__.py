@@ -103,9 +103,18 @@ def _given(path, fields: dict) -> dict:
     return given
 
 
-def read_checkpoint(path: str | os.PathLike, **fields) -> Converted:
-    """Any supported file or folder, converted to vitkit's names and a config; `fields` are what the caller knows
-    of the model (ViTConfig fields), which settle what the file leaves open. See `load`."""
+def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, **fields) -> Converted:
+    """Any supported file or folder, catalog name (`vitkit.list_pretrained()`) or URI, converted to vitkit's names
+    and a config; `fields` are what the caller knows of the model (ViTConfig fields), which settle what the file
+    leaves open. See `load`."""
+    from ..hub.resolve import apply_entry, entry_hints, resolve_source
+
+    path, entry = resolve_source(path, sha256=sha256)  # a local path as it is; a name or URI from the cache
+    fields = {**entry_hints(entry), **{k: v for k, v in fields.items() if v is not None}}
+    return apply_entry(_read_file(path, **fields), entry)
+
+
+def _read_file(path: str | os.PathLike, **fields) -> Converted:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
@@ -187,6 +196,7 @@ def load(
     num_classes: int | None = None,
     resample_to=None,
     resample_method: str | None = None,
+    sha256: str | None = None,
     **fields,
 ) -> VisionTransformer:
     """A model from a checkpoint of any supported format, its architecture read from the file.
@@ -202,9 +212,11 @@ def load(
       num_classes=K    drop the pre-trained head (and representation layer) and attach a zero-initialised K-way head
       resample_to=S    resample the position embeddings to a new image size (bilinear for Google files, as the
                        original code; bicubic otherwise; or as resample_method says)
+    `path` may also be a catalog name (`vitkit.list_pretrained()`) or a URI (hf-hub:ORG/REPO[@REV], https://...,
+    gs://BUCKET/PATH), downloaded into the cache; `sha256` checks the downloaded file.
     """
     free = {k: fields.pop(k) for k in (*TRAINING_FIELDS, "dynamic_image_size", "name") if k in fields}
-    converted = read_checkpoint(path, **fields)
+    converted = read_checkpoint(path, sha256=sha256, **fields)
     config = converted.config
     given = _given(path, fields)
     for name, value in given.items():  # what a reader did not check itself

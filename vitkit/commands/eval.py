@@ -20,7 +20,8 @@ def register(sub) -> None:
                        epilog="examples:\n  vitkit eval --checkpoint runs/NAME            the run's own evaluation "
                        "split\n  vitkit eval --checkpoint model.safetensors --data DIR",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file, checkpoint folder or run folder")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file, checkpoint folder or run "
+                   "folder, a pre-trained name (vitkit models --pretrained) or a URI")
     p.add_argument("--data", metavar="DIR", help="'digits', an ImageFolder tree or a CIFAR folder; default: the run's "
                    "data when CKPT belongs to a run")
     p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
@@ -57,11 +58,11 @@ def run(args) -> int:
     from ..data import open_data
     from ..errors import UsageError
     from ..eval.evaluate import (eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion)
-    from ..train.checkpoint import resolve_model_path, run_dir_of
+    from ..hub.resolve import model_source
+    from ..train.checkpoint import run_dir_of
     from ..train.distributed import pick_device
 
-    path = resolve_model_path(args.checkpoint)
-    model = load(path, num_heads=args.num_heads, pool=args.pool)
+    model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     run_dir = run_dir_of(args.checkpoint)
     run_config = None
     if run_dir is not None:

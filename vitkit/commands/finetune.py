@@ -1,4 +1,4 @@
-"""`vitkit finetune --init-from CKPT --data DIR --image-size 384`: the paper's fine-tuning (Section 3.2,
+"""`vitkit finetune --from NAME|CKPT --data DIR --image-size 384`: the paper's fine-tuning (Section 3.2,
 Appendix B.1.1): the pre-trained head dropped for a zero-initialised one sized to the data's classes, the position
 embeddings resampled to the new grid, SGD with momentum, cosine decay, clipping at 1."""
 
@@ -17,7 +17,9 @@ def register(sub) -> None:
                        "a new zero-initialised head for the data's classes, position embeddings resampled to "
                        "--image-size, and the fine-tuning recipe (default recipes/finetune.toml: SGD momentum 0.9, "
                        "no weight decay, cosine decay, clipping at 1, batch 512).",
-                       epilog="example:\n  vitkit finetune --init-from runs/NAME --data DIR --image-size 384",
+                       epilog="examples:\n  vitkit finetune --from vit-b16-in21k --data DIR --image-size 384   a "
+                       "published checkpoint (vitkit models --pretrained)\n  vitkit finetune --init-from runs/NAME --data "
+                       "DIR --image-size 384",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.set_defaults(func=run, default_recipe="finetune", finetune=True)

@@ -20,7 +20,8 @@ def register(sub) -> None:
     kinds.required = True
 
     def common(q, default_out):
-        q.add_argument("checkpoint", help="model file of any supported format (vitkit, Google .npz, timm, HF)")
+        q.add_argument("checkpoint", help="model file of any supported format (vitkit, Google .npz, timm, HF), a "
+                       "pre-trained name (vitkit models --pretrained) or a URI")
         q.add_argument("--out", "-o", default=default_out, help=f"PNG to write (default {default_out})")
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
         q.add_argument("--num-heads", type=int,
@@ -75,8 +76,9 @@ def _load(args):
     import torch
 
     from .. import load
+    from ..hub.resolve import model_source
 
-    model = load(args.checkpoint, num_heads=args.num_heads, pool=args.pool)
+    model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     device = getattr(args, "device", "cpu")
     try:
         model.to(torch.device(device))

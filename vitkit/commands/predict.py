@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint: top-k class names and probabilities",
                        description="Classify images with any checkpoint vitkit reads; the class names and the "
                        "preprocessing come from the checkpoint (indices where it has no names).")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder, a pre-trained "
+                   "name (vitkit models --pretrained) or a URI (hf-hub:ORG/REPO, https://..., gs://...)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every file inside)")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON: one object per image")
@@ -42,12 +43,12 @@ def run(args) -> int:
     from ..data import eval_transform, read_image
     from ..errors import UsageError
     from ..eval.evaluate import classify
-    from ..train.checkpoint import resolve_model_path
+    from ..hub.resolve import model_source
     from ..train.distributed import pick_device
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    model = load(resolve_model_path(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
+    model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     if model.num_classes == 0:
         raise UsageError(f"{args.checkpoint}: the model has no classifier head")
     names = model.class_names or [str(i) for i in range(model.num_classes)]

@@ -88,7 +88,7 @@ def resolve(args):
     if args.finetune:
         config = config.replace(reset_head=True)
         if not config.init_from:
-            raise UsageError("vitkit finetune needs --init-from CHECKPOINT")
+            raise UsageError("vitkit finetune needs --from NAME|CHECKPOINT (also spelt --init-from)")
     if args.smoke:
         config = smoke(config)
     return config, resume

@@ -77,12 +77,13 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     fig, ax = plt.subplots(figsize=(side, side * 0.9))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    cols = cm.shape[1]  # one more than the rows when predictions outside the data's classes are counted as "other"
     if k <= 40:
-        ax.set_xticks(range(k), labels=list(class_names), rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(k), labels=list(class_names), fontsize=8)
+        ax.set_xticks(range(cols), labels=list(class_names)[:cols], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), labels=list(class_names)[:k], fontsize=8)
     if k <= 20:
         for i in range(k):
-            for j in range(k):
+            for j in range(cols):
                 if cm[i, j]:
                     ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
@@ -113,6 +114,9 @@ def match_classes(model_class_names: Sequence[str] | None, num_model_classes: in
     data_classes = list(data_classes)
     if model_class_names:
         index = {name: i for i, name in enumerate(model_class_names)}
+        from ..hub.catalog import wordnet_index
+
+        index.update(wordnet_index(model_class_names))  # ImageNet folders are named by WordNet id (n01440764)
         missing = [name for name in data_classes if name not in index]
         if missing:
             raise UsageError(f"{where}: class {missing[0]!r} is not one of the checkpoint's {num_model_classes} "

@@ -52,7 +52,8 @@ class TrainConfig:
 
     # ----------------------------------------------------------------------------------------------- model
     model: str = _f("ViT-B/16", "a registered variant (see `vitkit models`); the fields below override it")
-    init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face)")
+    init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face; a "
+                               "pre-trained name from vitkit models --pretrained, or a URI)")
     reset_head: bool = _f(False, "drop the checkpoint's head for a zero-initialised one (the paper's fine-tuning)")
     num_classes: int | None = _f(None, "classes of the head; default: the data's")
     image_size: int | None = _f(None, "input resolution in pixels (square); default: the variant's or checkpoint's")
@@ -390,11 +391,12 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         hint, optional = _base_type(name)
         metavar = {int: "N", float: "X", str: "TEXT", bool: "BOOL"}.get(hint, "A,B,C")
         if name in ("data", "init_from", "out_dir"):
-            metavar = "PATH"
+            metavar = "NAME|PATH" if name == "init_from" else "PATH"
         default = f.default if f.default is not dataclasses.MISSING else "see recipe"
         help_text = f"{f.metadata.get('help', '')} (default: the recipe's, else {default})"
         extra = dict(nargs="?", const="true") if hint is bool else {}
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar=metavar,
+        flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
+        group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
                            default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
 
 

@@ -38,7 +38,7 @@ from ..eval.evaluate import autocast, evaluate
 from ..eval.metrics import Counts, EvalResult
 from . import distributed, faults
 from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
-                         resolve_model_path, write_checkpoint)
+                         write_checkpoint)
 from .config import ARCHITECTURE_FIELDS, TrainConfig
 from .mixing import mix_batch
 from .optim import EMA, build_optimizer
@@ -99,9 +99,13 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
     if fixed:
         raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
                          f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
-    path = resolve_model_path(config.init_from)
-    if not path.exists():
-        raise UsageError(f"--init-from {config.init_from}: no such file or folder")
+    from ..hub.catalog import suggest
+    from ..hub.resolve import is_known_source, model_source
+
+    if not is_known_source(config.init_from):
+        raise UsageError(f"--init-from {config.init_from}: no such file or folder, nor a pre-trained name or URI"
+                         f"{suggest(config.init_from)}")
+    path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load
     reset = config.reset_head or (config.num_classes is not None)
     model = load(path, num_classes=num_classes if reset else None, resample_to=config.image_size,
                  resample_method=config.resample_method, **runtime)
