@@ -28,7 +28,7 @@ from .torchvision import from_torchvision, looks_like_torchvision, to_torchvisio
 from .timm import from_timm, is_timm_hub, looks_like_timm, read_timm_hub, timm_kwargs, to_timm
 
 FORMATS = ("vitkit", "google", "timm", "hf", "torchvision")
-FORMAT_KEY = "vitkit.format"  # metadata key of files vitkit writes: "vitkit", "timm" or "hf"
+FORMAT_KEY = "vitkit.format"  # metadata key of files vitkit writes: "vitkit", "timm", "torchvision" or "hf"
 
 
 def _metadata(model: VisionTransformer, fmt: str) -> dict[str, str]:
@@ -165,8 +165,8 @@ def _read_file(path: str | os.PathLike, **fields) -> Converted:
         converted = from_google({k: v.numpy() if v.dtype != torch.bfloat16 else v.float().numpy()
                                  for k, v in tensors.items()}, path, settings)
     else:
-        raise CheckpointError(path, "unknown layout: the keys match neither vitkit, timm, Hugging Face nor the "
-                              f"original Google naming (first key: {keys[0] if keys else 'none, the file is empty'})",
+        raise CheckpointError(path, "unknown layout: the keys match neither vitkit, timm, torchvision, Hugging Face "
+                              f"nor Google's naming (first key: {keys[0] if keys else 'none, the file is empty'})",
                               key=keys[0] if keys else None)
     preprocessing, class_names = _extras_from_metadata(meta, path)
     if preprocessing is not None:
