@@ -447,6 +447,10 @@ def to_google(model) -> dict[str, np.ndarray]:
         problems.append("norm_after_pool=True")
     if not c.qkv_bias:
         problems.append("qkv_bias=False")
+    if c.pool not in ("token", "gap"):
+        problems.append(f"pool={c.pool!r} (the original has no attention-pooling head)")
+    if c.dist_token or c.num_reg_tokens or c.norm_pre or c.layer_scale is not None:
+        problems.append("a distillation token, register tokens, norm_pre or LayerScale")
     if problems:
         raise ValueError("this model cannot be written as an original ViT checkpoint: " + "; ".join(problems))
 
