@@ -273,3 +273,14 @@ def test_original_release_files_still_read_as_before(jax_fixtures):
     spec = json.loads((jax_fixtures / "cases.json").read_text())["vit_token"]
     model = vitkit.load(jax_fixtures / "vit_token.npz")
     assert model.config.posemb_prefix and model.config.num_heads == spec["heads"]
+
+
+def test_every_array_of_a_wrong_rank_is_a_checkpoint_error(tmp_path):
+    params = random_params(np.random.default_rng(12), pool="map", depth=1, rep=4)
+    path = tmp_path / "rank.npz"
+    for key in params:
+        for value in (np.float32(1.0), np.zeros((2, 2, 2, 2, 2), np.float32)):
+            np.savez(path, **{**params, key: np.asarray(value)})
+            with pytest.raises(CheckpointError) as info:
+                vitkit.load(path)
+            assert info.value.key is not None, key

@@ -198,3 +198,14 @@ def test_conv_stem_is_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="unsupported torchvision model: a convolutional stem") as info:
         vitkit.load(path, num_heads=2)
     assert info.value.key.startswith("conv_proj.conv_")
+
+
+def test_every_tensor_of_a_wrong_rank_is_a_checkpoint_error(tmp_path):
+    good = _reference(num_layers=1, hidden_dim=48, num_heads=3, representation_size=8).state_dict()
+    path = tmp_path / "rank.pth"
+    for key in good:
+        for value in (torch.tensor(1.0), torch.zeros(2, 2, 2, 2, 2)):
+            torch.save({**good, key: value}, path)
+            with pytest.raises(CheckpointError) as info:
+                vitkit.load(path, num_heads=3)
+            assert info.value.key is not None, key

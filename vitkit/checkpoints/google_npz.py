@@ -136,12 +136,12 @@ def from_google(arrays: dict[str, np.ndarray], path, settings: Settings | None =
     features = width
     representation_size = None
     if r.has("pre_logits/kernel"):
-        representation_size = r.shape("pre_logits/kernel")[-1]
+        representation_size = _dense_out(r, "pre_logits/kernel")
         _take_dense(r, put, "pre_logits.fc", "pre_logits", width, representation_size)
         features = representation_size
     num_classes = 0
     if r.has("head/kernel"):
-        num_classes = r.shape("head/kernel")[-1]
+        num_classes = _dense_out(r, "head/kernel")
         _take_dense(r, put, "head", "head", features, num_classes)
     r.check_all_taken()
 
@@ -179,7 +179,7 @@ def _take_blocks(r: Reader, put, arrays: dict, width: int, path) -> tuple[int, i
     if heads * head_dim != width:
         raise CheckpointError(path, f"heads * head_dim = {heads * head_dim} differs from width {width}",
                               key=f"{first}{attn}/query/kernel")
-    mlp_dim = r.shape(f"{first}{mlp}/Dense_0/kernel")[-1]
+    mlp_dim = _dense_out(r, f"{first}{mlp}/Dense_0/kernel")
     for i in range(depth):
         b, n = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         _take_norm(r, put, n + "norm1", b + ln1, width)
@@ -196,6 +196,14 @@ def _take_blocks(r: Reader, put, arrays: dict, width: int, path) -> tuple[int, i
         _take_dense(r, put, n + "mlp.fc1", f"{b}{mlp}/Dense_0", width, mlp_dim)
         _take_dense(r, put, n + "mlp.fc2", f"{b}{mlp}/Dense_1", mlp_dim, width)
     return depth, heads, mlp_dim
+
+
+def _dense_out(r: Reader, key: str) -> int:
+    """The output width of a Dense kernel (in, out), or CheckpointError when the tensor is not one."""
+    shape = r.shape(key)
+    if len(shape) != 2:
+        raise CheckpointError(r.path, f"expected a Dense kernel of shape (in, out), found {shape}", key=key)
+    return shape[1]
 
 
 def _take_dense(r: Reader, put, name, key, d_in, d_out):
@@ -387,12 +395,12 @@ def _read_big_vision(arrays: dict, path, settings: Settings, origin: dict) -> Co
                                   "it fits pool='gap'", key="cls")
     features, representation_size = width, None
     if r.has("pre_logits/kernel"):
-        representation_size = r.shape("pre_logits/kernel")[-1]
+        representation_size = _dense_out(r, "pre_logits/kernel")
         _take_dense(r, put, "pre_logits.fc", "pre_logits", width, representation_size)
         features = representation_size
     num_classes = 0
     if r.has("head/kernel"):
-        num_classes = r.shape("head/kernel")[-1]
+        num_classes = _dense_out(r, "head/kernel")
         _take_dense(r, put, "head", "head", features, num_classes)
     r.check_all_taken()
 

@@ -169,7 +169,11 @@ def from_torchvision(tensors: dict[str, torch.Tensor], path, settings: Settings 
     take("norm.bias", "encoder.ln.bias", (width,))
     features, representation_size = width, None
     if r.has("heads.pre_logits.weight"):
-        representation_size = r.shape("heads.pre_logits.weight")[0]
+        rep_shape = r.shape("heads.pre_logits.weight")
+        if len(rep_shape) != 2:
+            raise CheckpointError(path, f"expected shape (representation, {width}), found {rep_shape}",
+                                  key="heads.pre_logits.weight")
+        representation_size = rep_shape[0]
         take("pre_logits.fc.weight", "heads.pre_logits.weight", (representation_size, width))
         take("pre_logits.fc.bias", "heads.pre_logits.bias", (representation_size,))
         features = representation_size
