@@ -114,6 +114,17 @@ def test_scan_stacked_file_loads_to_the_same_logits(tmp_path):
     assert rel_err(_logits(stacked, images), bv_forward(params, images)) <= 1e-5
 
 
+def test_map_head_inlined_at_the_top_level(tmp_path):
+    """MAP heads of ViT-G's development were not in a MAPHead_0 module (big_vision's fix_old_checkpoints)."""
+    params = random_params(np.random.default_rng(4), pool="map")
+    inlined = {k.removeprefix("MAPHead_0/"): v for k, v in params.items()}
+    assert "probe" in inlined and "LayerNorm_0/scale" in inlined
+    model = _load(_save(tmp_path, "inlined.npz", inlined))
+    images = _images(2, 12)
+    assert model.config.pool == "map"
+    assert rel_err(_logits(model, images), bv_forward(params, images)) <= 1e-5
+
+
 def test_training_checkpoint_params_subtree(tmp_path):
     """A big_vision training checkpoint: `params/...` beside the optimizer's state, which is not the model."""
     params = random_params(np.random.default_rng(3), pool="tok")
