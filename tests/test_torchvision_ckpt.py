@@ -209,3 +209,15 @@ def test_every_tensor_of_a_wrong_rank_is_a_checkpoint_error(tmp_path):
             with pytest.raises(CheckpointError) as info:
                 vitkit.load(path, num_heads=3)
             assert info.value.key is not None, key
+
+
+def test_convert_to_torchvision_on_the_command_line(tmp_path, capsys):
+    from vitkit.cli import main
+
+    model = randomize_(vitkit.create_model("ViT-Ti/16", image_size=16, patch_size=8, depth=1, num_classes=3), seed=2)
+    vitkit.save(model, tmp_path / "m.safetensors")
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "m.pth"), "--to", "torchvision"]) == 0
+    assert "(torchvision)" in capsys.readouterr().out
+    ref = TorchvisionViT(**torchvision_kwargs(model.config))
+    ref.load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
+    assert _logits_err(model.eval(), ref.eval(), 16) <= 1e-5

@@ -197,7 +197,8 @@ def from_torchvision(tensors: dict[str, torch.Tensor], path, settings: Settings 
     config = ViTConfig(
         image_size=image_size, patch_size=(patch, patch), in_channels=in_channels, width=width, depth=depth,
         num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, representation_size=representation_size,
-        pool=settings.recorded("pool", "token", key=fixed), class_token=settings.recorded("class_token", True, key=fixed),
+        pool=settings.recorded("pool", "token", key=fixed),
+        class_token=settings.recorded("class_token", True, key=fixed),
         posemb=settings.recorded("posemb", "learned", key=fixed),
         posemb_prefix=settings.recorded("posemb_prefix", True, key=fixed),
         gelu=settings.recorded("gelu", "exact", key=fixed),
