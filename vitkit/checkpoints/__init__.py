@@ -24,10 +24,11 @@ from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
                  read_torch, save_safetensors)
+from .torchvision import from_torchvision, looks_like_torchvision, to_torchvision
 from .timm import from_timm, is_timm_hub, looks_like_timm, read_timm_hub, timm_kwargs, to_timm
 
-FORMATS = ("vitkit", "google", "timm", "hf")
-FORMAT_KEY = "vitkit.format"  # metadata key of files vitkit writes: "vitkit", "timm" or "hf"
+FORMATS = ("vitkit", "google", "timm", "hf", "torchvision")
+FORMAT_KEY = "vitkit.format"  # metadata key of files vitkit writes: "vitkit", "timm", "torchvision" or "hf"
 
 
 def _metadata(model: VisionTransformer, fmt: str) -> dict[str, str]:
@@ -158,12 +159,14 @@ def _read_file(path: str | os.PathLike, **fields) -> Converted:
         converted = from_hf(tensors, path, None, settings, hints=hints)
     elif looks_like_timm(keys):
         converted = from_timm(tensors, path, settings, hints=hints)
+    elif looks_like_torchvision(keys):
+        converted = from_torchvision(tensors, path, settings, hints=hints)
     elif looks_like_google(keys):
         converted = from_google({k: v.numpy() if v.dtype != torch.bfloat16 else v.float().numpy()
                                  for k, v in tensors.items()}, path, settings)
     else:
-        raise CheckpointError(path, "unknown layout: the keys match neither vitkit, timm, Hugging Face nor the "
-                              f"original Google naming (first key: {keys[0] if keys else 'none, the file is empty'})",
+        raise CheckpointError(path, "unknown layout: the keys match neither vitkit, timm, torchvision, Hugging Face "
+                              f"nor Google's naming (first key: {keys[0] if keys else 'none, the file is empty'})",
                               key=keys[0] if keys else None)
     preprocessing, class_names = _extras_from_metadata(meta, path)
     if preprocessing is not None:
@@ -259,6 +262,8 @@ def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitki
       timm    a state dict for `timm.models.VisionTransformer` (.safetensors, or .pth by the suffix)
       hf      a folder `ViTForImageClassification.from_pretrained` loads (config.json, model.safetensors,
               preprocessor_config.json)
+      torchvision  a state dict `torchvision.models.VisionTransformer(**torchvision_kwargs(config))` loads strictly
+              (.pth by torch.save, or .safetensors with vitkit's metadata by the suffix)
     Files are written atomically: a crash leaves the previous file, never a partial one.
     """
     if format not in FORMATS:
@@ -287,6 +292,13 @@ def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitki
             save_safetensors(path, tensors, _metadata(model, "timm"))
     elif format == "hf":
         write_hf_dir(model, path, _metadata(model, "hf"))
+    elif format == "torchvision":
+        tensors = to_torchvision(model)
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            save_safetensors(path, tensors, _metadata(model, "torchvision"))
+        else:
+            with atomic_path(path) as tmp:
+                torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
     return path
 
 

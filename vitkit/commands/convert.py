@@ -1,4 +1,4 @@
-"""`vitkit convert IN OUT --to FORMAT`: between vitkit, Google .npz, timm and Hugging Face files."""
+"""`vitkit convert IN OUT --to FORMAT`: between vitkit, Google .npz, timm, torchvision and Hugging Face files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def register(sub) -> None:
                        description="Read any supported checkpoint (the format is detected) and write it in another.")
     p.add_argument("input", help="checkpoint file or Hugging Face folder")
     p.add_argument("output", help="file to write (a folder for --to hf)")
-    p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf"), default="vitkit",
+    p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf", "torchvision"), default="vitkit",
                    help="output format (default vitkit)")
     p.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
     p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
