@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import TRAINING_FIELDS, Preprocessing, ViTConfig, to_pair
+from ..configs import POOLS, TRAINING_FIELDS, Preprocessing, ViTConfig, to_pair
 from ..errors import CheckpointError, GuessWarning
 from ..models.vit import VisionTransformer
 from .common import Converted, Settings, check_against_model, check_block_counts
@@ -77,7 +77,7 @@ def _hints(meta: dict[str, str]) -> dict:
         return {}
     checks = {
         "num_heads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-        "pool": lambda v: v in ("token", "gap"),
+        "pool": lambda v: v in POOLS,
         "gelu": lambda v: v in ("exact", "tanh"),
         "layer_norm_eps": lambda v: isinstance(v, float) and v > 0,
         "image_size": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..configs import POOLS
+
 ORDER = 20
 
 
@@ -13,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf", "torchvision"), default="vitkit",
                    help="output format (default vitkit)")
     p.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
-    p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.set_defaults(func=run)
 
 

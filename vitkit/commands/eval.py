@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..configs import POOLS
+
 ORDER = 32
 
 
@@ -42,7 +44,7 @@ def register(sub) -> None:
                    "RUN/eval-<split> for a run's checkpoint, else eval-<checkpoint name>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
-    p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--few-shot", metavar="K,K,...", help="also the paper's few-shot linear evaluation (e.g. 1,5,10,25: "
                    "least squares from frozen features to {-1,1} on K training images per class, averaged over "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..configs import POOLS
+
 ORDER = 60
 
 
@@ -26,7 +28,7 @@ def register(sub) -> None:
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
         q.add_argument("--num-heads", type=int,
                        help="heads, for timm files and bare HF weights that do not record them")
-        q.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+        q.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
         q.set_defaults(func=run)
 
     q = kinds.add_parser("attention", help="attention rollout over the images, and the class token's attention "

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..configs import POOLS
+
 ORDER = 33
 
 
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
-    p.add_argument("--pool", choices=("token", "gap"), help="pooling, for timm files that do not record it")
+    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.set_defaults(func=run)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..configs import POOLS
 from ..errors import UsageError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes/, beside the package
@@ -163,7 +164,7 @@ class TrainConfig:
         choices = dict(val_split=("auto", "holdout", "none"), cache_images=("auto", "yes", "no"),
                        crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd"),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
-                       interpolation=("bilinear", "bicubic", "nearest", None), pool=("token", "gap", None),
+                       interpolation=("bilinear", "bicubic", "nearest", None), pool=(*POOLS, None),
                        on_nonfinite=("stop", "skip"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
