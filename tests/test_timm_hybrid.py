@@ -271,3 +271,28 @@ def test_not_a_hybrid_and_unknown_layouts():
         read_timm_backbone({PREFIX + "body.conv.weight": torch.ones(8, 3, 4, 4)}, "n.pth")
     with pytest.raises(ValueError, match="not a hybrid"):
         write_timm_backbone(randomize_(VisionTransformer(variant_config("ViT-Ti/16", depth=1, image_size=32))))
+
+
+@pytest.mark.parametrize("stages,width_factor", [((2, 1), 0.5), ((), 1.0)])
+def test_save_format_timm_writes_hybrids_that_timm_loads(tmp_path, images, stages, width_factor):
+    """vitkit.save(format="timm") of a hybrid with the original code's numerics: announced, rescaled for timm's,
+    loaded strictly by timm's VisionTransformer with the arguments timm_kwargs gives, and read back by vitkit."""
+    import warnings
+
+    import vitkit
+    from vitkit.checkpoints.timm import timm_class, timm_kwargs
+
+    model = _vitkit_hybrid(stages, width_factor=width_factor)
+    with pytest.warns(UserWarning, match="rescaled so that timm computes the same function"):
+        vitkit.save(model, tmp_path / "h.safetensors", format="timm")
+    ref = timm_class(model.config)(**timm_kwargs(model.config)).eval()
+    ref.load_state_dict(load_file(tmp_path / "h.safetensors"), strict=True)
+    x = images(2, IMAGE)
+    with torch.no_grad():
+        ours64 = model.double()(x.double())
+        assert rel_err(ref.double()(x.double()), ours64) <= 1e-6  # the root GroupNorm's epsilon, as announced
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a vitkit-written timm file records what a bare one would not
+            back = vitkit.load(tmp_path / "h.safetensors")
+        assert back.config.resnet.weight_std == "timm"
+        assert rel_err(back.double()(x.double()), ours64) <= 1e-6

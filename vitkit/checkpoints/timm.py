@@ -484,8 +484,10 @@ def timm_problems(config: ViTConfig) -> list[str]:
     """What timm's VisionTransformer (or VisionTransformerDistilled) cannot express about a config."""
     c = config
     problems = []
-    if c.resnet is not None:
-        problems.append("a hybrid ResNet stem (use format='google' or 'vitkit')")
+    if c.resnet is not None and len(c.resnet.num_layers) > 4:
+        problems.append(f"{len(c.resnet.num_layers)} ResNet stages (timm's ResNetV2 has at most 4)")
+    if c.resnet is not None and not c.resnet.num_layers and c.resnet.width_factor != 1.0:
+        problems.append("a root-only ResNet stem narrower than 64 channels (timm's has 64)")
     if c.representation_size:
         problems.append("a representation (pre_logits) layer (use format='google')")
     if c.dist_token and not c.dist_head:
@@ -524,6 +526,18 @@ def to_timm(model) -> dict[str, torch.Tensor]:
     if c.norm_after_pool:
         sd["fc_norm.weight"] = sd.pop("norm.weight")
         sd["fc_norm.bias"] = sd.pop("norm.bias")
+    if c.resnet is not None:
+        from .timm_hybrid import TIMM_NUMERICS, write_timm_backbone
+
+        if (c.resnet.weight_std, c.resnet.group_norm_eps) != tuple(TIMM_NUMERICS.values()):
+            import warnings
+
+            warnings.warn("timm's BiT stem standardises kernels and normalises groups with other epsilons than this "
+                          "hybrid's (the original code's); the stem's tensors are rescaled so that timm computes the "
+                          "same function, except for the root GroupNorm's epsilon (about 1e-7 relative on the "
+                          "logits)", stacklevel=3)
+        sd = {k: v for k, v in sd.items() if not k.startswith(("stem.", "patch_embed."))}
+        sd.update(write_timm_backbone(model, adapt_numerics=True))
     return sd
 
 
@@ -552,6 +566,8 @@ def timm_kwargs(config: ViTConfig) -> dict:
         pos_embed="none" if config.posemb == "none" and not config.dist_token else "learn",
         reg_tokens=config.num_reg_tokens, pre_norm=config.norm_pre, init_values=config.layer_scale,
     )
+    if config.resnet is not None:
+        kwargs["embed_layer"] = _timm_hybrid_embed(config)
     if config.gelu == "tanh":
         kwargs["act_layer"] = lambda: nn.GELU(approximate="tanh")
     if config.layer_norm_eps != 1e-6:
@@ -559,3 +575,21 @@ def timm_kwargs(config: ViTConfig) -> dict:
 
         kwargs["norm_layer"] = partial(nn.LayerNorm, eps=config.layer_norm_eps)
     return kwargs
+
+
+def _timm_hybrid_embed(config: ViTConfig):
+    """timm's `HybridEmbed` over its BiT ResNetV2 with the config's stages and width (as timm's hybrids build it)."""
+    from functools import partial
+
+    from timm.layers import HybridEmbed, StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2
+    from timm.models.vision_transformer_hybrid import _resnetv2
+
+    r = config.resnet
+    if r.num_layers and r.width_factor != 1.0:
+        backbone = ResNetV2(layers=r.num_layers, channels=tuple(r.width * 4 * 2**i for i in range(4)),
+                            stem_chs=r.width, num_classes=0, global_pool="", in_chans=config.in_channels,
+                            preact=False, stem_type="same", conv_layer=partial(StdConv2dSame, eps=1e-8))
+    else:
+        backbone = _resnetv2(layers=r.num_layers, in_chans=config.in_channels)
+    return partial(HybridEmbed, backbone=backbone)
