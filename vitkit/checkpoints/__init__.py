@@ -19,7 +19,7 @@ import torch
 from ..configs import POOLS, TRAINING_FIELDS, Preprocessing, ViTConfig, to_pair
 from ..errors import CheckpointError, GuessWarning
 from ..models.vit import VisionTransformer
-from .common import Converted, Settings, check_against_model, check_block_counts
+from .common import Converted, Settings, check_against_model, check_block_counts, contradiction
 from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
@@ -224,8 +224,7 @@ def load(
     given = _given(path, fields)
     for name, value in given.items():  # what a reader did not check itself
         if _comparable(config, name) != value:
-            raise CheckpointError(path, f"the file records {name}={_comparable(config, name)!r}; {name}={value!r} "
-                                  "contradicts it", key=name)
+            raise CheckpointError(path, contradiction(name, _comparable(config, name), value), key=name)
     _announce(path, converted)
     try:
         free = {k: v for k, v in free.items() if v is not None}

@@ -28,6 +28,12 @@ class Converted:
     notes: list[str] = field(default_factory=list)  # assumptions outside ViTConfig, announced with the guesses
 
 
+def contradiction(name: str, recorded, given) -> str:
+    """The message for a keyword that contradicts the file (with the way to a new size, the usual intent)."""
+    hint = "; to resample to a new size pass resample_to=" if name == "image_size" else ""
+    return f"the file records {name}={recorded!r}; {name}={given!r} contradicts it{hint}"
+
+
 class Settings:
     """The loading rule, as a reader sees it: what the caller said about the model (`given`, ViTConfig fields), and
     what the reader had to assume because the file does not record it (`guessed`, announced by `load`)."""
@@ -45,8 +51,7 @@ class Settings:
     def recorded(self, name: str, value, key: str | None = None):
         """A value the file records: a caller's different value is refused, never applied."""
         if name in self.given and self.given[name] != value:
-            raise CheckpointError(self.path, f"the file records {name}={value!r}; {name}={self.given[name]!r} "
-                                  "contradicts it", key=key)
+            raise CheckpointError(self.path, contradiction(name, value, self.given[name]), key=key)
         return value
 
     def assumed(self, name: str, default, why: str):
