@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -211,14 +212,16 @@ def test_hf_hub_transformers_repository_loads_and_then_comes_from_the_cache(hub,
 def test_hf_hub_revisions_timm_layout_and_pytorch_fallback(hub, checkpoints, monkeypatch):
     hf_model, hf_files = checkpoints["hf"]
     timm_model, timm_st = checkpoints["safetensors"]
-    # a timm repository: its config.json describes timm's model, so the weights file is what vitkit reads
-    hub.add_repo("timm/vit_tiny_patch8_32.test", {"config.json": b'{"architecture": "vit_tiny_patch16_224", '
-                                                  b'"num_classes": 5}', "model.safetensors": timm_st,
-                                                  "pytorch_model.bin": b"\0" * 500})
+    # a timm repository: its config.json names timm's architecture (here with the model_args of this tiny copy),
+    # which settles what the weights cannot, so the folder is what vitkit reads
+    config = {"architecture": "vit_tiny_patch16_224", "num_classes": 5,
+              "model_args": {"embed_dim": 48, "num_heads": 3, "depth": 1, "img_size": 32, "patch_size": 8}}
+    hub.add_repo("timm/vit_tiny_patch8_32.test", {"config.json": json.dumps(config).encode(),
+                                                  "model.safetensors": timm_st, "pytorch_model.bin": b"\0" * 500})
     path = resolve_uri("hf-hub:timm/vit_tiny_patch8_32.test")
-    assert path.name == "model.safetensors"
+    assert path.is_dir() and (path / "model.safetensors").is_file()
     _same_logits(timm_model, path)
-    assert not (path.parent / "pytorch_model.bin").exists()
+    assert not (path / "pytorch_model.bin").exists()
     # a repository with PyTorch weights only, and a tag that points at another commit
     from safetensors.torch import load
 

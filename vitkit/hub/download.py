@@ -493,8 +493,8 @@ def _check_hf_weights(folder: Path, sha256: str, name: str) -> None:
 
 
 def hf_weights_path(folder: Path, name: str = "") -> Path:
-    """What `vitkit.load` reads from a snapshot: the folder for a transformers repository (config.json with a
-    model_type), the weights file for a timm repository (its config.json describes timm's model, not the weights)."""
+    """What `vitkit.load` reads from a snapshot: the folder, whose config.json settles what the weights cannot (a
+    transformers `model_type` or a timm `architecture`); else its weights file."""
     config_path = folder / "config.json"
     config = {}
     if config_path.is_file():
@@ -502,7 +502,7 @@ def hf_weights_path(folder: Path, name: str = "") -> Path:
             config = json.loads(config_path.read_text())
         except (OSError, ValueError):
             config = {}
-    if isinstance(config, dict) and "model_type" in config:
+    if isinstance(config, dict) and ("model_type" in config or "architecture" in config):
         return folder
     for weights in ("model.safetensors", "pytorch_model.bin"):
         if (folder / weights).is_file():
