@@ -62,6 +62,7 @@ def resolve(args):
             resume = str(Path(overrides.get("out_dir", "runs")) / overrides["name"])
         if not Path(resume).exists():
             raise UsageError(f"--resume {resume}: no such run or checkpoint folder")
+        check_resume_folder(Path(resume))
         overrides.pop("name", None)
         overrides.pop("out_dir", None)
         config = apply_overrides(load_run_config(resume), overrides).validate()
@@ -92,6 +93,20 @@ def resolve(args):
     if args.smoke:
         config = smoke(config)
     return config, resume
+
+
+def check_resume_folder(path: Path) -> None:
+    """--resume takes a run folder (runs/NAME, with its config.json) or one of its checkpoint folders
+    (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError saying so."""
+    from ..errors import UsageError
+    from ..train.trainer import CONFIG_FILE
+
+    wanted = "--resume takes a run folder (runs/NAME) or one of its checkpoint folders (runs/NAME/checkpoints/step_N)"
+    if not path.is_dir():
+        raise UsageError(f"{wanted}; {path} is a file")
+    run_dir = path.parent.parent if path.name.startswith("step_") and path.parent.name == "checkpoints" else path
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{wanted}; {path} is a folder without the run's {CONFIG_FILE}")
 
 
 def run(args) -> int:

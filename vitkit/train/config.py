@@ -22,6 +22,7 @@ from typing import Any
 
 from ..configs import POOLS
 from ..errors import UsageError
+from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes/, beside the package
 
@@ -43,12 +44,17 @@ class TrainConfig:
                    "CIFAR-10/100 python-pickle folder")
     val_split: str = _f("auto", "auto: the data's own val/test split if it has one, else a hold-out from train; "
                         "holdout: always hold out from train; none: no evaluation set")
-    val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)")
-    val_per_class: int | None = _f(None, "images of each class held out for validation; overrides val_fraction")
-    split_seed: int = _f(0, "seed of the hold-out split (fixed apart from `seed`, so runs share their split)")
-    limit_per_class: int | None = _f(None, "use at most this many images of each class (a seeded choice)")
-    max_bad_fraction: float = _f(0.01, "stop when more than this share of the files cannot be read as images")
-    num_workers: int = _f(-1, "data loader processes per rank; -1 chooses (0 for data held in memory)")
+    val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)", range=RATE)
+    val_per_class: int | None = _f(None, "images of each class held out for validation; overrides val_fraction",
+                                   range=AT_LEAST_ONE)
+    split_seed: int = _f(0, "seed of the hold-out split (fixed apart from `seed`, so runs share their split)",
+                         range=COUNT)
+    limit_per_class: int | None = _f(None, "use at most this many images of each class (a seeded choice)",
+                                     range=AT_LEAST_ONE)
+    max_bad_fraction: float = _f(0.01, "stop when more than this share of the files cannot be read as images",
+                                 range=SHARE)
+    num_workers: int = _f(-1, "data loader processes per rank; -1 chooses (0 for data held in memory)",
+                          range=Range(-1, integer=True))
     cache_images: str = _f("auto", "keep decoded images in memory: auto (when they fit in 2 GiB), yes, no")
 
     # ----------------------------------------------------------------------------------------------- model
@@ -56,20 +62,21 @@ class TrainConfig:
     init_from: str | None = _f(None, "start from this checkpoint (vitkit, Google .npz, timm, Hugging Face; a "
                                "pre-trained name from vitkit models --pretrained, or a URI)")
     reset_head: bool = _f(False, "drop the checkpoint's head for a zero-initialised one (the paper's fine-tuning)")
-    num_classes: int | None = _f(None, "classes of the head; default: the data's")
-    image_size: int | None = _f(None, "input resolution in pixels (square); default: the variant's or checkpoint's")
-    patch_size: int | None = _f(None, "patch side in pixels")
-    width: int | None = _f(None, "token width D")
-    depth: int | None = _f(None, "encoder blocks")
-    num_heads: int | None = _f(None, "attention heads")
-    mlp_dim: int | None = _f(None, "hidden width of each MLP")
+    num_classes: int | None = _f(None, "classes of the head; default: the data's", range=AT_LEAST_ONE)
+    image_size: int | None = _f(None, "input resolution in pixels (square); default: the variant's or checkpoint's",
+                                range=AT_LEAST_ONE)
+    patch_size: int | None = _f(None, "patch side in pixels", range=AT_LEAST_ONE)
+    width: int | None = _f(None, "token width D", range=AT_LEAST_ONE)
+    depth: int | None = _f(None, "encoder blocks", range=AT_LEAST_ONE)
+    num_heads: int | None = _f(None, "attention heads", range=AT_LEAST_ONE)
+    mlp_dim: int | None = _f(None, "hidden width of each MLP", range=AT_LEAST_ONE)
     pool: str | None = _f(None, "token (class token) or gap (global average pooling)")
     posemb: str | None = _f(None, "learned, learned_2d, sincos_2d or none")
-    dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers")
-    attention_dropout: float = _f(0.0, "dropout on the attention weights")
-    drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)")
+    dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers", range=RATE)
+    attention_dropout: float = _f(0.0, "dropout on the attention weights", range=RATE)
+    drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)", range=RATE)
     patch_dropout: float = _f(0.0, "in training, drop this share of each image's patch tokens (a random subset, "
-                              "after the position embeddings): fewer tokens per step, and a regulariser")
+                              "after the position embeddings): fewer tokens per step, and a regulariser", range=RATE)
     resample_method: str | None = _f(None, "position embedding resampling when the image size changes")
 
     # ---------------------------------------------------------------------------- preprocessing, augmentation
@@ -78,57 +85,62 @@ class TrainConfig:
     interpolation: str | None = _f(None, "bilinear, bicubic or nearest; default: the checkpoint's, else bilinear")
     crop: str = _f("inception", "training crop: inception (random resized crop), resize (no crop), "
                    "pad_crop (pad then random crop, for small images)")
-    crop_min_area: float = _f(0.05, "smallest crop area of the inception crop, as a share of the image")
-    crop_padding: int = _f(4, "padding of pad_crop in pixels of the resized image")
+    crop_min_area: float = _f(0.05, "smallest crop area of the inception crop, as a share of the image",
+                              range=Range(0, 1, lo_open=True))
+    crop_padding: int = _f(4, "padding of pad_crop in pixels of the resized image", range=COUNT)
     hflip: bool = _f(True, "random horizontal flips")
-    randaugment_ops: int = _f(0, "RandAugment: operations per image (0 turns it off)")
-    randaugment_magnitude: int = _f(9, "RandAugment: magnitude (0-30)")
-    mixup_alpha: float = _f(0.0, "Mixup: Beta(alpha, alpha) mixing (0 turns it off)")
-    cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)")
-    mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    randaugment_ops: int = _f(0, "RandAugment: operations per image (0 turns it off)", range=COUNT)
+    randaugment_magnitude: int = _f(9, "RandAugment: magnitude (0-30)", range=Range(0, 30, integer=True))
+    mixup_alpha: float = _f(0.0, "Mixup: Beta(alpha, alpha) mixing (0 turns it off)", range=NON_NEGATIVE)
+    cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)", range=NON_NEGATIVE)
+    mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on", range=SHARE)
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", range=RATE)
     random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise "
-                               "(pipeline tensor only)")
+                               "(pipeline tensor only)", range=SHARE)
 
     # -------------------------------------------------------------------------------------- optimisation
     optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
                         "(momentum, the paper's fine-tuning)")
-    lr: float = _f(1e-3, "peak learning rate")
-    beta1: float = _f(0.9, "Adam beta1")
-    beta2: float = _f(0.999, "Adam beta2")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)")
+    lr: float = _f(1e-3, "peak learning rate", range=POSITIVE)
+    beta1: float = _f(0.9, "Adam beta1", range=RATE)
+    beta2: float = _f(0.999, "Adam beta2", range=RATE)
+    momentum: float = _f(0.9, "SGD momentum", range=RATE)
+    weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token",
+                             range=NON_NEGATIVE)
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)", range=NON_NEGATIVE)
     schedule: str = _f("linear", "learning rate decay after warm-up: cosine, linear or constant")
-    warmup_steps: int = _f(10_000, "linear warm-up steps")
-    warmup_epochs: float = _f(0.0, "linear warm-up in epochs (used when warmup_steps is 0)")
-    min_lr: float = _f(0.0, "learning rate at the end of the decay")
-    batch_size: int = _f(4096, "global batch: images per optimizer step, over all processes")
-    accum_steps: int = _f(1, "gradient accumulation: micro-batches per step (each batch_size / accum_steps / ranks)")
-    steps: int | None = _f(None, "optimizer steps; default: from epochs")
-    epochs: float | None = _f(7.0, "passes over the training data (used when steps is not set)")
-    ema_decay: float = _f(0.0, "Polyak averaging of the weights with this decay (0 turns it off)")
+    warmup_steps: int = _f(10_000, "linear warm-up steps", range=COUNT)
+    warmup_epochs: float = _f(0.0, "linear warm-up in epochs (used when warmup_steps is 0)", range=NON_NEGATIVE)
+    min_lr: float = _f(0.0, "learning rate at the end of the decay", range=NON_NEGATIVE)
+    batch_size: int = _f(4096, "global batch: images per optimizer step, over all processes", range=AT_LEAST_ONE)
+    accum_steps: int = _f(1, "gradient accumulation: micro-batches per step (each batch_size / accum_steps / ranks)",
+                          range=AT_LEAST_ONE)
+    steps: int | None = _f(None, "optimizer steps; default: from epochs", range=AT_LEAST_ONE)
+    epochs: float | None = _f(7.0, "passes over the training data (used when steps is not set)", range=POSITIVE)
+    ema_decay: float = _f(0.0, "Polyak averaging of the weights with this decay (0 turns it off)", range=RATE)
 
     # --------------------------------------------------------------- time budget, fast training on small images
     budget_minutes: float | None = _f(None, "train for this many minutes (the loop's wall time, less evaluations "
                                       "and checkpoints); the schedules then follow the share of the budget spent, "
-                                      "and steps is only an upper bound")
-    eval_every_minutes: float = _f(0.0, "also evaluate each time this many minutes of training have passed")
+                                      "and steps is only an upper bound", range=POSITIVE)
+    eval_every_minutes: float = _f(0.0, "also evaluate each time this many minutes of training have passed",
+                                   range=NON_NEGATIVE)
     pipeline: str = _f("pil", "training data path: pil (PIL transforms per image, in loader processes) or tensor "
                        "(images decoded once into one uint8 tensor in memory, augmented a batch at a time: for "
                        "small images of one size)")
     progressive_min_size: int | None = _f(None, "progressive resolution: train at this image size first, growing "
-                                          "linearly to image_size by progressive_until")
-    progressive_until: float = _f(0.5, "share of the run at which progressive resolution reaches image_size")
+                                          "linearly to image_size by progressive_until", range=AT_LEAST_ONE)
+    progressive_until: float = _f(0.5, "share of the run at which progressive resolution reaches image_size",
+                                  range=SHARE)
 
     # ----------------------------------------------------------------------------------------- numerics
     precision: str = _f("fp32", "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast with a grad scaler, GPU)")
     compile: bool = _f(False, "torch.compile the model")
     compile_backend: str = _f("inductor", "torch.compile backend")
-    device: str = _f("auto", "auto (GPU when there is one), cpu, cuda or cuda:N")
+    device: str = _f("auto", "auto (GPU when there is one), cpu, cuda, cuda:N or mps")
     threads: int = _f(0, "CPU threads of each process for the model's math; 0: PyTorch's choice (all cores, shared "
-                      "among the processes of a machine under torchrun)")
-    seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
+                      "among the processes of a machine under torchrun)", range=COUNT)
+    seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout", range=COUNT)
     deterministic: bool = _f(False, "bitwise reproducible: deterministic algorithms only, one CPU thread unless "
                              "threads is set, no cuDNN autotuning (slower; a killed and resumed run then ends with "
                              "exactly the weights of an uninterrupted one)")
@@ -138,14 +150,27 @@ class TrainConfig:
     # ---------------------------------------------------------------------------------------------- run
     out_dir: str = _f("runs", "folder of the runs")
     name: str | None = _f(None, "run name (the folder out_dir/name); default: recipe and time")
-    log_every: int = _f(10, "steps between log lines")
-    eval_every: int = _f(0, "steps between evaluations; 0: once per epoch; -1: only at the end")
-    eval_batch_size: int | None = _f(None, "batch size of evaluation; default: batch_size / accum_steps")
-    checkpoint_every: int = _f(0, "steps between checkpoints; 0: only at the end")
-    keep_checkpoints: int = _f(3, "keep the last this many checkpoints (0 keeps all)")
-    stop_after: int | None = _f(None, "end this invocation after this many steps (the schedule still spans all)")
+    log_every: int = _f(10, "steps between log lines", range=AT_LEAST_ONE)
+    eval_every: int = _f(0, "steps between evaluations; 0: once per epoch; -1: only at the end",
+                         range=Range(-1, integer=True))
+    eval_batch_size: int | None = _f(None, "batch size of evaluation; default: batch_size / accum_steps",
+                                     range=AT_LEAST_ONE)
+    checkpoint_every: int = _f(0, "steps between checkpoints; 0: only at the end", range=COUNT)
+    keep_checkpoints: int = _f(3, "keep the last this many checkpoints (0 keeps all)", range=COUNT)
+    stop_after: int | None = _f(None, "end this invocation after this many steps (the schedule still spans all)",
+                                range=AT_LEAST_ONE)
     progress: bool = _f(True, "show progress bars")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
+
+    def __post_init__(self):
+        # every number against its range (the `range` of its field), and the device's spelling, at construction:
+        # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike
+        for name, f in FIELDS.items():
+            value = getattr(self, name)
+            if "range" in f.metadata and value is not None:
+                check_range(name, value)
+        check_device(self.device)
+        self.device = device_name(self.device)
 
     # ------------------------------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +240,27 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb")
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+def range_of(name: str) -> Range | None:
+    """The allowed numbers of a field, None for fields that are not numbers."""
+    return FIELDS[name].metadata.get("range")
+
+
+def check_range(name: str, value: Any) -> None:
+    """A UsageError naming the field, its flag and the allowed range when `value` is outside it."""
+    problem = range_of(name).problem(value)
+    if problem:
+        raise UsageError(f"invalid training config: {name} (--{name.replace('_', '-')}) {problem}")
+
+
+def check_device(value: Any) -> None:
+    """The device's spelling (auto, cpu, cuda, cuda:N, mps); whether the machine has it is checked when training."""
+    try:
+        device_name(value)
+    except UsageError as e:
+        raise UsageError(f"invalid training config: device (--device) {str(e).split(': ', 1)[-1]}, got {value!r}") \
+            from None
 
 
 # ------------------------------------------------------------------------------------------- value parsing
@@ -405,4 +451,12 @@ def overrides_from_args(args) -> dict[str, Any]:
     """The fields given on the command line: their own flags, then `--set` items."""
     out = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_")}
     out.update(parse_set(getattr(args, "set", None)))
+    for name, value in out.items():  # each read and checked against its range now, before anything else happens
+        if name not in FIELDS:
+            parse_value(name, value)  # the unknown-option error
+        value = parse_value(name, value)
+        if range_of(name) is not None and value is not None:
+            check_range(name, value)
+        if name == "device":
+            check_device(value)
     return out

@@ -34,13 +34,13 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of every command's --device (auto, cpu, cuda, cuda:N, mps): a UsageError for another name or a
+    device this machine does not have."""
+    from ..options import require_device
+
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import UsageError
-
-        raise UsageError(f"--device {name}: no CUDA device is available")
+    device = torch.device(require_device(name))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
