@@ -300,8 +300,29 @@ def list_models() -> list[str]:
 
 
 def _canonical(name: str) -> str:
-    # accept the original checkpoint file names too: "ViT-B_16", "R50+ViT-B_16"
-    return re.sub(r"_(\d+)$", r"/\1", name.strip())
+    """The registered spelling of a variant name, in any case: "vit-b/16" -> "ViT-B/16"; also the original checkpoint
+    file names ("ViT-B_16", "R50+ViT-B_16"). A name it does not know comes back as given (with "/" for "_")."""
+    text = re.sub(r"_(\d+)$", r"/\1", str(name).strip())
+    for known in list_models():
+        if text.lower() == known.lower():
+            return known
+    match = re.match(r"^vit-(ti|s|b|l|h)/(\d+)$", text, re.IGNORECASE)
+    if match:
+        size = {k.lower(): k for k in WIDTHS}[match.group(1).lower()]
+        return f"ViT-{size}/{match.group(2)}"
+    return text
+
+
+def unknown_model_message(name: str) -> str:
+    """"unknown model 'ViT-X/16'", with the closest registered names when there are any, and the known ones."""
+    import difflib
+
+    models = list_models()
+    close = difflib.get_close_matches(str(name).lower(), [m.lower() for m in models], n=3, cutoff=0.6)
+    close = [next(m for m in models if m.lower() == c) for c in close]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return (f"unknown model {name!r}{hint} (known: {', '.join(models)}; any ViT-<Ti|S|B|L|H>/<patch> is accepted "
+            "too, e.g. ViT-Ti/4)")
 
 
 def variant_config(name: str, **overrides) -> ViTConfig:
@@ -320,7 +341,7 @@ def variant_config(name: str, **overrides) -> ViTConfig:
     else:
         match = _PLAIN_NAME.match(canonical)
         if not match:
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+            raise ValueError(unknown_model_message(name))
         width, depth, mlp_dim, heads = WIDTHS[match.group(1)]
         base = dict(patch_size=int(match.group(2)), width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
     base["name"] = canonical

@@ -36,6 +36,7 @@ positive_int = number(int, AT_LEAST_ONE)    # >= 1: batch sizes, counts of thing
 count = number(int, COUNT)                  # >= 0
 positive_float = number(float, POSITIVE)    # > 0
 share = number(float, SHARE)                # [0, 1]
+open_share = number(float, Range(0, 1, lo_open=True, hi_open=True))  # (0, 1): a hold-out share
 
 
 def device(text: str) -> str:

@@ -21,6 +21,7 @@ def _parse_override(text: str):
 
 def register(sub) -> None:
     from ..bench import PEERS, PRECISIONS, TASKS
+    from . import _args
 
     p = sub.add_parser(
         "bench", help="speed against timm, torchvision and transformers",
@@ -29,27 +30,27 @@ def register(sub) -> None:
         "vitkit, GFLOP/s against the machine's measured matrix-product ceilings, peak memory. Prints a table, "
         "writes JSON with --json.")
     p.add_argument("--model", default="ViT-B/16", help="variant (default ViT-B/16)")
-    p.add_argument("--image-size", type=int, help="resolution (default: the variant's, 224)")
-    p.add_argument("--num-classes", type=int, help="head size (default 1000)")
+    p.add_argument("--image-size", type=_args.positive_int, help="resolution (default: the variant's, 224)")
+    p.add_argument("--num-classes", type=_args.count, help="head size (default 1000)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any ViTConfig field, e.g. --set depth=9 (repeatable)")
     p.add_argument("--checkpoint", help="load these weights instead of a seeded random initialisation")
-    p.add_argument("--batch-size", type=int, default=8, help="inference and training batch (default 8)")
+    p.add_argument("--batch-size", type=_args.positive_int, default=8, help="inference and training batch (default 8)")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS,
                    help="fp32, bf16 (vitkit: weights cast once; peers: autocast and bf16 weights), int8 (torchao)")
     p.add_argument("--tasks", nargs="+", default=["infer", "latency"], choices=TASKS,
                    help="infer (throughput), latency (batch 1), train (a step with AdamW); default infer latency")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS, help="default: all installed")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up calls per implementation (default 2)")
-    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, one per core)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--repeats", type=_args.positive_int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--warmup", type=_args.count, default=2, help="warm-up calls per implementation (default 2)")
+    p.add_argument("--threads", type=_args.positive_int, help="torch threads (default: PyTorch's, one per core)")
+    p.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
     p.add_argument("--compile", action="store_true", help="also time vitkit under torch.compile")
     p.add_argument("--no-plain", dest="plain", action="store_false", help="leave out vitkit's plain-path rows")
-    p.add_argument("--loss-steps", type=int, default=20,
+    p.add_argument("--loss-steps", type=_args.count, default=20,
                    help="training: compare loss trajectories over this many steps (0 skips; default 20)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
-    p.add_argument("--ceiling-size", type=int, help="side of the ceiling's square matrix product (default 2048 on "
+    p.add_argument("--ceiling-size", type=_args.positive_int, help="side of the ceiling's square matrix product (default 2048 on "
                    "the CPU, 4096 on a GPU)")
     p.add_argument("--json", help="write the full report (every timing) here")
     p.set_defaults(func=run)
@@ -59,13 +60,14 @@ def run(args) -> int:
     import sys
 
     from ..bench import BenchSettings, format_report, run_benchmark, write_report
+    from ..train.distributed import pick_device
 
     settings = BenchSettings(
         model=args.model, image_size=args.image_size, num_classes=args.num_classes,
         overrides=dict(_parse_override(o) for o in args.overrides), checkpoint=args.checkpoint,
         batch_size=args.batch_size, precisions=tuple(args.precision), tasks=tuple(args.tasks),
         peers=tuple(args.peers), repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-        device=args.device, compile=args.compile, plain=args.plain, loss_steps=args.loss_steps,
+        device=str(pick_device(args.device)), compile=args.compile, plain=args.plain, loss_steps=args.loss_steps,
         memory=args.memory, ceiling_size=args.ceiling_size)
     report = run_benchmark(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     print(format_report(report))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs import POOLS
+from . import _args
 
 ORDER = 60
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
                        "pre-trained name (vitkit models --pretrained) or a URI")
         q.add_argument("--out", "-o", default=default_out, help=f"PNG to write (default {default_out})")
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
-        q.add_argument("--num-heads", type=int,
+        q.add_argument("--num-heads", type=_args.positive_int,
                        help="heads, for timm files and bare HF weights that do not record them")
         q.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
         q.set_defaults(func=run)
@@ -39,8 +40,8 @@ def register(sub) -> None:
     q.add_argument("images", nargs="+", help="image files")
     q.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
                    help="how to combine the heads of a layer before rolling out (default mean, as the paper)")
-    q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--batch-size", type=_args.positive_int, default=16, help="images per forward pass (default 16)")
+    q.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
 
     q = kinds.add_parser("distance", help="mean attention distance of every head at every depth",
                          description="Mean attention distance in pixels (Figure 7 right, Appendix D.7): distance "
@@ -48,10 +49,10 @@ def register(sub) -> None:
                          "patches and a sample of images; the class token is left out as query and key.")
     common(q, "distance.png")
     q.add_argument("--data", required=True, help="folder of images (an ImageFolder tree or flat)")
-    q.add_argument("--num-images", type=int, default=128, help="random sample of this many images (default 128)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
-    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--num-images", type=_args.positive_int, default=128, help="random sample of this many images (default 128)")
+    q.add_argument("--seed", type=_args.count, default=0, help="seed of the sample (default 0)")
+    q.add_argument("--batch-size", type=_args.positive_int, default=32, help="images per forward pass (default 32)")
+    q.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
 
     q = kinds.add_parser("posemb", help="cosine similarity of the position embeddings",
                          description="For every patch position, the cosine similarity of its position embedding to "
@@ -62,8 +63,8 @@ def register(sub) -> None:
                          description="The first principal components of the patch-embedding filters as RGB tiles "
                          "(Figure 7 left). Not for hybrid models, whose embedding sees ResNet features.")
     common(q, "filters.png")
-    q.add_argument("--components", type=int, default=28, help="how many components (default 28, as the paper)")
-    q.add_argument("--columns", type=int, default=7, help="tiles per row (default 7)")
+    q.add_argument("--components", type=_args.positive_int, default=28, help="how many components (default 28, as the paper)")
+    q.add_argument("--columns", type=_args.positive_int, default=7, help="tiles per row (default 7)")
 
 
 def _positive(value: int, name: str) -> int:
@@ -83,7 +84,9 @@ def _load(args):
     model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     device = getattr(args, "device", "cpu")
     try:
-        model.to(torch.device(device))
+        from ..train.distributed import pick_device
+
+        model.to(pick_device(device))
     except (RuntimeError, AssertionError) as e:
         from ..errors import UsageError
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..configs import POOLS
+from . import _args
 
 ORDER = 33
 
@@ -19,11 +20,11 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder, a pre-trained "
                    "name (vitkit models --pretrained) or a URI (hf-hub:ORG/REPO, https://..., gs://...)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every file inside)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON: one object per image")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--num-heads", type=int, help="heads, for files that do not record them (timm, bare HF)")
+    p.add_argument("--batch-size", type=_args.positive_int, default=32)
+    p.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
+    p.add_argument("--num-heads", type=_args.positive_int, help="heads, for files that do not record them (timm, bare HF)")
     p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.set_defaults(func=run)
 
