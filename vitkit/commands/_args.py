@@ -13,17 +13,13 @@ def number(kind: type, allowed: Range):
     """An argparse type: `kind` (int or float) read from the text, then checked against `allowed`."""
 
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'a whole number' if kind is int else 'a number'} ({allowed.text()})") from None
+        value = kind(text)  # a ValueError: argparse's own "invalid int value: 'x'"
         problem = allowed.problem(value)
         if problem:
             raise argparse.ArgumentTypeError(problem)
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
 
 
