@@ -440,7 +440,8 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         if name in ("data", "init_from", "out_dir"):
             metavar = "NAME|PATH" if name == "init_from" else "PATH"
         default = f.default if f.default is not dataclasses.MISSING else "see recipe"
-        help_text = f"{f.metadata.get('help', '')} (default: the recipe's, else {default})"
+        allowed = f"; {f.metadata['range'].text()}" if "range" in f.metadata else ""
+        help_text = f"{f.metadata.get('help', '')} (default: the recipe's, else {default}{allowed})"
         extra = dict(nargs="?", const="true") if hint is bool else {}
         flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
         group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
