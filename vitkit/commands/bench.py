@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("--loss-steps", type=_args.count, default=20,
                    help="training: compare loss trajectories over this many steps (0 skips; default 20)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
-    p.add_argument("--ceiling-size", type=_args.positive_int, help="side of the ceiling's square matrix product (default 2048 on "
+    p.add_argument("--ceiling-size", type=_args.positive_int,
+                   help="side of the ceiling's square matrix product (default 2048 on "
                    "the CPU, 4096 on a GPU)")
     p.add_argument("--json", help="write the full report (every timing) here")
     p.set_defaults(func=run)

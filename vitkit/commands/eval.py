@@ -30,11 +30,14 @@ def register(sub) -> None:
     p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
                    help="auto: the data's val/test split, or every image of a plain class folder (the hold-out when "
                    "it is the run's own data); holdout: the hold-out a training run takes; all: every image")
-    p.add_argument("--val-per-class", type=_args.positive_int, help="hold-out size per class (default: the run's, else --val-fraction)")
-    p.add_argument("--val-fraction", type=_args.open_share, help="hold-out share per class (default: the run's, else 0.1)")
+    p.add_argument("--val-per-class", type=_args.positive_int,
+                   help="hold-out size per class (default: the run's, else --val-fraction)")
+    p.add_argument("--val-fraction", type=_args.open_share,
+                   help="hold-out share per class (default: the run's, else 0.1)")
     p.add_argument("--split-seed", type=_args.count, help="hold-out seed (default: the run's, else 0)")
     p.add_argument("--limit-per-class", type=_args.positive_int, help="evaluate at most this many images per class")
-    p.add_argument("--max-bad-fraction", type=_args.share, default=0.01, help="stop when more of the files are unreadable")
+    p.add_argument("--max-bad-fraction", type=_args.share, default=0.01,
+                   help="stop when more of the files are unreadable")
     p.add_argument("--batch-size", type=_args.positive_int, default=64)
     p.add_argument("--num-workers", type=_args.int_range(-1), default=-1, help="loader processes (-1 chooses)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
@@ -44,13 +47,15 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="where to write results.json and confusion.png (default: "
                    "RUN/eval-<split> for a run's checkpoint, else eval-<checkpoint name>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--num-heads", type=_args.positive_int, help="heads, for files that do not record them (timm, bare HF)")
+    p.add_argument("--num-heads", type=_args.positive_int,
+                   help="heads, for files that do not record them (timm, bare HF)")
     p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--few-shot", metavar="K,K,...", help="also the paper's few-shot linear evaluation (e.g. 1,5,10,25: "
                    "least squares from frozen features to {-1,1} on K training images per class, averaged over "
                    "draws) and a linear probe, on the data's training split")
-    p.add_argument("--few-shot-draws", type=_args.positive_int, default=5, help="random draws of the K shots to average (default 5)")
+    p.add_argument("--few-shot-draws", type=_args.positive_int, default=5,
+                   help="random draws of the K shots to average (default 5)")
     p.set_defaults(func=run)
 
 

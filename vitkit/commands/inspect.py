@@ -49,7 +49,8 @@ def register(sub) -> None:
                          "patches and a sample of images; the class token is left out as query and key.")
     common(q, "distance.png")
     q.add_argument("--data", required=True, help="folder of images (an ImageFolder tree or flat)")
-    q.add_argument("--num-images", type=_args.positive_int, default=128, help="random sample of this many images (default 128)")
+    q.add_argument("--num-images", type=_args.positive_int, default=128,
+                   help="random sample of this many images (default 128)")
     q.add_argument("--seed", type=_args.count, default=0, help="seed of the sample (default 0)")
     q.add_argument("--batch-size", type=_args.positive_int, default=32, help="images per forward pass (default 32)")
     q.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
@@ -63,7 +64,8 @@ def register(sub) -> None:
                          description="The first principal components of the patch-embedding filters as RGB tiles "
                          "(Figure 7 left). Not for hybrid models, whose embedding sees ResNet features.")
     common(q, "filters.png")
-    q.add_argument("--components", type=_args.positive_int, default=28, help="how many components (default 28, as the paper)")
+    q.add_argument("--components", type=_args.positive_int, default=28,
+                   help="how many components (default 28, as the paper)")
     q.add_argument("--columns", type=_args.positive_int, default=7, help="tiles per row (default 7)")
 
 

@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: one object per image")
     p.add_argument("--batch-size", type=_args.positive_int, default=32)
     p.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
-    p.add_argument("--num-heads", type=_args.positive_int, help="heads, for files that do not record them (timm, bare HF)")
+    p.add_argument("--num-heads", type=_args.positive_int,
+                   help="heads, for files that do not record them (timm, bare HF)")
     p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.set_defaults(func=run)
 
