@@ -32,6 +32,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import load, save
+    from ..errors import CheckpointError, UsageError
     from ..hub.resolve import model_source
     from ._outputs import check_file_target, check_folder_target, check_source, convert_format, \
         write_folder_atomically
@@ -45,10 +46,15 @@ def run(args) -> int:
     check_target(output, args.force)  # again: loading (a download, say) takes time
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if fmt == "hf":
-            write_folder_atomically(output, lambda folder: save(model, folder, format="hf"))
-        else:
-            save(model, output, format=fmt)
+        try:
+            if fmt == "hf":
+                write_folder_atomically(output, lambda folder: save(model, folder, format="hf"))
+            else:
+                save(model, output, format=fmt)
+        except (UsageError, CheckpointError, OSError):
+            raise
+        except ValueError as e:  # a model the format cannot express: say which file was refused
+            raise UsageError(f"{output}: {e}") from None
     for warning in caught:  # one line each, like the loader's guesses (save warns of numerics the format changes)
         print(f"vitkit: warning: {str(warning.message).strip().splitlines()[0]}", file=sys.stderr)
     c = model.config
