@@ -196,3 +196,25 @@ def test_python_api_keeps_its_behaviour(tmp_path):
     vitkit.save(second, tmp_path / "a" / "b" / "m.safetensors")
     loaded = vitkit.load(tmp_path / "a" / "b" / "m.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in second.state_dict().items())
+
+
+def test_export_default_names():
+    from vitkit.commands.export import default_output
+
+    assert default_output("vit_b16_augreg_in21k", "onnx") == Path("vit_b16_augreg_in21k.onnx")
+    assert default_output("hf-hub:google/vit-base-patch16-224@main", "pt2") == Path("vit-base-patch16-224.pt2")
+    assert default_output("https://example.com/ckpt/ViT-B_16.npz", "onnx") == Path("ViT-B_16.onnx")
+
+
+def test_convert_and_export_take_a_run_folder(tmp_path, capsys):
+    model = tiny()
+    run = tmp_path / "run"
+    run.mkdir()
+    vitkit.save(model, run / "model.safetensors")
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    assert main(["convert", run, tmp_path / "out.safetensors"]) == 0
+    assert main(["export", run, "--format", "pt2", "--static-size"]) == 0  # beside the folder, by its name
+    assert (tmp_path / "run.pt2").is_file()
+    loaded = vitkit.load(tmp_path / "out.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

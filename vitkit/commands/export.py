@@ -73,4 +73,6 @@ def default_output(source: str, fmt: str):
             path = path.resolve()
         return path.with_name(path.stem + "." + fmt)
     name = str(source).rstrip("/").replace(":", "/").split("/")[-1].split("@")[0] or "model"
+    if Path(name).suffix.lower() in (".npz", ".safetensors", ".pth", ".pt", ".bin"):  # a URI's file name
+        name = Path(name).stem
     return Path(name + "." + fmt)
