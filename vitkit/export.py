@@ -13,9 +13,12 @@ serves every size. Image sides must be multiples of the effective patch size.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints.io import fsync_dir
 from .models.fast import plain_path
 
 FORMATS = ("onnx", "pt2")
@@ -63,9 +67,27 @@ def exportable_copy(model: nn.Module, dynamic_image_size: bool = True) -> nn.Mod
     return model
 
 
-def _temporary(path: Path) -> Path:
-    """Where to write before renaming onto `path` (same folder and suffix), so that a crash leaves no partial file."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary path beside `path`, of the same suffix (torch.export.save wants .pt2), renamed onto `path` when
+    the block succeeds and removed when it fails, so that `path` is never left half written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the mode open() would
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def export_program(model: nn.Module, dynamic_batch: bool = True, dynamic_image_size: bool = True,
@@ -86,9 +108,10 @@ def export_program(model: nn.Module, dynamic_batch: bool = True, dynamic_image_s
 
 
 def export_onnx(model: nn.Module, path, dynamic_batch: bool = True, dynamic_image_size: bool = True,
-                opset: int | None = None, check: bool = True) -> dict:
+                opset: int | None = None, check: bool = True, tolerance: float | None = None) -> dict:
     """Write an ONNX file with input `images` (batch, C, H, W) and output `logits`; with `check`, run it with
-    onnxruntime at several batch and image sizes against PyTorch. Returns {"path", "checks": [...]}."""
+    onnxruntime at several batch and image sizes against PyTorch. Returns {"path", "checks": [...]}.
+    With `tolerance`, a relative error above it raises ValueError and leaves `path` as it was."""
     if importlib.util.find_spec("onnxscript") is None:
         raise ValueError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript")
     path = Path(path)
@@ -97,14 +120,16 @@ def export_onnx(model: nn.Module, path, dynamic_batch: bool = True, dynamic_imag
     with plain_path():
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images"], output_names=["logits"],
                                          verbose=False, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    onnx_program.save(str(tmp))
-    tmp.replace(path)
     result = {"path": str(path), "format": "onnx", "dynamic_batch": dynamic_batch,
               "dynamic_image_size": dynamic_image_size, "checks": []}
-    if check:
-        result["checks"] = check_onnx(path, model, check_shapes(model, dynamic_batch, dynamic_image_size))
+    with _atomic_path(path) as tmp:  # checked before it is renamed onto `path`
+        onnx_program.save(str(tmp))
+        if check:
+            result["checks"] = check_onnx(tmp, model, check_shapes(model, dynamic_batch, dynamic_image_size))
+        worst = max((c["rel_err"] for c in result["checks"]), default=0.0)
+        if tolerance is not None and not worst <= tolerance:
+            raise ValueError(f"the exported model disagrees with PyTorch: relative error {worst:.1e} > "
+                             f"{tolerance:g}; nothing written")
     return result
 
 
@@ -112,10 +137,8 @@ def save_program(model: nn.Module, path, dynamic_batch: bool = True, dynamic_ima
     """Write a `torch.export` program (.pt2; load with torch.export.load(path).module())."""
     path = Path(path)
     program = export_program(model, dynamic_batch, dynamic_image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    torch.export.save(program, str(tmp))
-    tmp.replace(path)
+    with _atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
     return {"path": str(path), "format": "pt2", "dynamic_batch": dynamic_batch,
             "dynamic_image_size": dynamic_image_size, "checks": []}
 

@@ -133,17 +133,7 @@ def from_google(arrays: dict[str, np.ndarray], path, settings: Settings | None =
     _take_norm(r, put, "norm", "Transformer/encoder_norm", width)
 
     # ------------------------------------------------------------------------------------------------- head
-    features = width
-    representation_size = None
-    if r.has("pre_logits/kernel"):
-        representation_size = _dense_out(r, "pre_logits/kernel")
-        _take_dense(r, put, "pre_logits.fc", "pre_logits", width, representation_size)
-        features = representation_size
-    num_classes = 0
-    if r.has("head/kernel"):
-        num_classes = _dense_out(r, "head/kernel")
-        _take_dense(r, put, "head", "head", features, num_classes)
-    r.check_all_taken()
+    representation_size, num_classes = _take_head(r, put, width)
 
     config = ViTConfig(
         image_size=image_size, patch_size=(ph, pw), in_channels=in_channels, width=width, depth=depth,
@@ -204,6 +194,22 @@ def _dense_out(r: Reader, key: str) -> int:
     if len(shape) != 2:
         raise CheckpointError(r.path, f"expected a Dense kernel of shape (in, out), found {shape}", key=key)
     return shape[1]
+
+
+def _take_head(r: Reader, put, width: int) -> tuple[int | None, int]:
+    """The optional representation layer (`pre_logits`, Dense + tanh) and head; then nothing may be left over.
+    Returns (representation_size or None, num_classes)."""
+    features, representation_size = width, None
+    if r.has("pre_logits/kernel"):
+        representation_size = _dense_out(r, "pre_logits/kernel")
+        _take_dense(r, put, "pre_logits.fc", "pre_logits", width, representation_size)
+        features = representation_size
+    num_classes = 0
+    if r.has("head/kernel"):
+        num_classes = _dense_out(r, "head/kernel")
+        _take_dense(r, put, "head", "head", features, num_classes)
+    r.check_all_taken()
+    return representation_size, num_classes
 
 
 def _take_dense(r: Reader, put, name, key, d_in, d_out):
@@ -393,16 +399,7 @@ def _read_big_vision(arrays: dict, path, settings: Settings, origin: dict) -> Co
         if pool != "gap":
             raise CheckpointError(path, f"pool={pool!r} needs a class token or a MAP head, and the file has neither; "
                                   "it fits pool='gap'", key="cls")
-    features, representation_size = width, None
-    if r.has("pre_logits/kernel"):
-        representation_size = _dense_out(r, "pre_logits/kernel")
-        _take_dense(r, put, "pre_logits.fc", "pre_logits", width, representation_size)
-        features = representation_size
-    num_classes = 0
-    if r.has("head/kernel"):
-        num_classes = _dense_out(r, "head/kernel")
-        _take_dense(r, put, "head", "head", features, num_classes)
-    r.check_all_taken()
+    representation_size, num_classes = _take_head(r, put, width)
 
     config = ViTConfig(
         image_size=image_size, patch_size=(ph, pw), in_channels=in_channels, width=width, depth=depth,

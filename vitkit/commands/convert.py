@@ -1,4 +1,5 @@
-"""`vitkit convert IN OUT --to FORMAT`: between vitkit, Google .npz, timm, torchvision and Hugging Face files."""
+"""`vitkit convert IN OUT`: between vitkit, Google .npz, timm, torchvision and Hugging Face files, the format
+read from OUT's suffix (a path without one is an HF folder), `--to` choosing where the suffix allows several."""
 
 from __future__ import annotations
 
@@ -8,23 +9,55 @@ ORDER = 20
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert a checkpoint between formats",
-                       description="Read any supported checkpoint (the format is detected) and write it in another.")
-    p.add_argument("input", help="checkpoint file or Hugging Face folder")
-    p.add_argument("output", help="file to write (a folder for --to hf)")
-    p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf", "torchvision"), default="vitkit",
-                   help="output format (default vitkit)")
+    p = sub.add_parser(
+        "convert", help="convert a checkpoint between formats",
+        description="Read any supported checkpoint (the format is detected) and write it in the format OUTPUT's "
+        "suffix names: .safetensors vitkit (or --to timm / torchvision), .npz google, .pth/.pt/.bin timm or "
+        "torchvision (--to required), no suffix a Hugging Face folder. An existing file is replaced only with "
+        "--force; a Hugging Face folder is written only into a new or empty folder (or, with --force, over an HF "
+        "model folder); missing parent folders are not created. Files are written whole or not at all.")
+    p.add_argument("input", help="checkpoint file, run folder, Hugging Face folder or pre-trained name")
+    p.add_argument("output", help="file to write, or a folder path without a suffix for a Hugging Face folder")
+    p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf", "torchvision"),
+                   help="output format where OUTPUT's suffix allows several (a contradicting one is refused)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
     p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from .. import load, save
+    import sys
+    import warnings
+    from pathlib import Path
 
-    model = load(args.input, num_heads=args.num_heads, pool=args.pool)
-    path = save(model, args.output, format=args.format)
+    from .. import load, save
+    from ..errors import CheckpointError, UsageError
+    from ..hub.resolve import model_source
+    from ._outputs import check_file_target, check_folder_target, check_source, convert_format, \
+        write_folder_atomically
+
+    output = Path(args.output)
+    check_source(args.input)
+    fmt = convert_format(output, args.format)
+    check_target = check_folder_target if fmt == "hf" else check_file_target
+    check_target(output, args.force)
+    model = load(model_source(args.input), num_heads=args.num_heads, pool=args.pool)
+    check_target(output, args.force)  # again: loading (a download, say) takes time
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if fmt == "hf":
+                write_folder_atomically(output, lambda folder: save(model, folder, format="hf"))
+            else:
+                save(model, output, format=fmt)
+        except (UsageError, CheckpointError, OSError):
+            raise
+        except ValueError as e:  # a model the format cannot express: say which file was refused
+            raise UsageError(f"{output}: {e}") from None
+    for warning in caught:  # one line each, like the loader's guesses (save warns of numerics the format changes)
+        print(f"vitkit: warning: {str(warning.message).strip().splitlines()[0]}", file=sys.stderr)
     c = model.config
-    print(f"wrote {path} ({args.format}): {c.depth} blocks, width {c.width}, {c.num_heads} heads, "
+    print(f"wrote {output} ({fmt}): {c.depth} blocks, width {c.width}, {c.num_heads} heads, "
           f"{c.num_classes} classes, image size {tuple(c.image_size)}")
     return 0
