@@ -162,11 +162,12 @@ def gather_image_files(items: Sequence[str | os.PathLike], *, log: Callable[[str
                 (files if is_image_file(path) else ignored).append(path)
         else:
             files.append(str(item))
+    if not files:  # one line, with the count of the files left out
+        raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(folders)}"
+                         + (f" ({len(ignored)} other file(s) ignored, e.g. {Path(ignored[0]).name})"
+                            if ignored else ""))
     if ignored:
         log(ignored_message(ignored, ", ".join(folders)))
-    if not files:
-        raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(folders)}"
-                         + (f" ({len(ignored)} other file(s) ignored)" if ignored else ""))
     return files
 
 
