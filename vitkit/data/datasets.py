@@ -122,11 +122,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _some(names: Sequence[str], shown: int = 3) -> str:
+def _some(names: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
     """'a, b, c and 4 more'."""
     names = list(names)
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+    return sep.join(names[:shown]) + more
 
 
 def ignored_message(ignored: Sequence[str], where: str) -> str:
@@ -198,7 +198,7 @@ def read_images(paths: Sequence[str | os.PathLike], *, log: Callable[[str], None
         first, reason = bad[0]
         raise UsageError(f"{len(bad)} of {len(paths)} files ({100 * len(bad) / len(paths):.1f}%) are not readable "
                          f"images, more than the limit of {100 * max_bad_fraction:g}% (first: {first}: {reason})")
-    log(f"skipped {len(bad)} of {len(paths)} file(s): " + _some([f"{p} ({r})" for p, r in bad]))
+    log(f"skipped {len(bad)} of {len(paths)} file(s): " + _some([f"{p}: {r}" for p, r in bad], sep="; "))
     return good, bad
 
 
