@@ -114,13 +114,13 @@ def test_image_folder_reads_classes_in_order(tmp_path):
 def test_bad_files_are_skipped_logged_and_counted(tmp_path):
     root = write_image_folder(tmp_path / "d", per_class=40)
     truncated_jpeg(root / "cat" / "truncated.jpg")
-    (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "dog" / "notes.jpg").write_text("not an image")  # an image by name: a broken image
     (root / "fish" / "broken.png").symlink_to(root / "missing.png")  # a file that cannot be opened
     assert Image.open(root / "cat" / "truncated.jpg").size == (96, 96)  # opens fine: only decoding fails
     logged = []
     images = scan_image_folder(root, max_bad_fraction=0.05, progress=False, log=logged.append)
     assert len(images) == 120
-    assert sorted(Path(p).name for p, _ in images.bad_files) == ["broken.png", "notes.txt", "truncated.jpg"]
+    assert sorted(Path(p).name for p, _ in images.bad_files) == ["broken.png", "notes.jpg", "truncated.jpg"]
     assert len(logged) == 3 and all("skipped" in m for m in logged)
     assert any("truncated.jpg" in m for m in logged)
 

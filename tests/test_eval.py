@@ -153,3 +153,41 @@ def test_eval_errors_are_one_line(folder_run, tmp_path, capsys):
         # one line for the error; a bare timm file also announces its guesses, one line
         assert len(lines) <= 2 and message in lines[-1] and lines[-1].startswith("vitkit: error:"), (args, lines)
         assert all(line.startswith("vitkit: warning: ") for line in lines[:-1]), (args, lines)
+
+
+@pytest.mark.parametrize("present", [("dog", "fish"), ("fish",)])
+def test_eval_on_a_subset_of_the_classes(folder_run, tmp_path, capsys, present):
+    """Data holding some of the model's 3 classes: metrics over those, the confusion matrix of those, and a PNG;
+    with a model that predicts only the absent class "cat", the matrix gains an "other" column."""
+    from vitkit.data import eval_transform, read_image
+
+    result, data = folder_run
+    subset = write_image_folder(tmp_path / "subset", classes=present, per_class=5, size=8)
+    model = vitkit.load(result.run_dir / "model.safetensors")
+    transform = eval_transform(model.preprocessing)
+    expected_hits = 0
+    for name in present:
+        for path in sorted((subset / name).iterdir()):
+            with torch.no_grad():
+                expected_hits += model.class_names[int(model(transform(read_image(path))[None]).argmax())] == name
+    with torch.no_grad():
+        model.head.bias[model.class_names.index("cat")] = 1e4  # every image predicted as "cat"
+    vitkit.save(model, tmp_path / "cat.safetensors")
+    n = 5 * len(present)
+
+    for checkpoint in (result.run_dir, tmp_path / "cat.safetensors"):
+        out = tmp_path / f"out-{checkpoint.name}"
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(subset), "--json", "--no-progress",
+                     "--out", str(out)]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["images"] == n and set(report["per_class"]) == set(present)
+        classes = report["confusion"]["classes"]
+        matrix = np.array(report["confusion"]["matrix"])
+        assert classes[:len(present)] == list(present) and matrix.shape == (len(present), len(classes))
+        assert matrix.sum(axis=1).tolist() == [5] * len(present)
+        assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+        if checkpoint == result.run_dir:
+            assert report["top1"] == pytest.approx(expected_hits / n)
+        else:
+            assert classes == [*present, "other"] and matrix[:, -1].tolist() == [5] * len(present)
+            assert report["top1"] == 0 and all(v == 0 for v in report["per_class"].values())

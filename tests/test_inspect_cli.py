@@ -100,7 +100,9 @@ def test_inspect_errors_are_one_line_and_exit_2(workspace, tmp_path, capsys):
         (["posemb", str(tmp_path / "none.safetensors")], "no position embeddings"),
         (["distance", str(workspace / "model.safetensors"), "--data", str(tmp_path / "empty")], "no image files"),
         (["distance", str(workspace / "model.safetensors"), "--data", str(tmp_path / "nowhere")], "not found"),
-        (["attention", str(workspace / "model.safetensors"), str(tmp_path / "missing.png")], "not found"),
+        (["attention", str(workspace / "model.safetensors"), str(tmp_path / "missing.png")],
+         f"{tmp_path / 'missing.png'}: no such file"),
+        (["attention", str(workspace / "model.safetensors"), str(tmp_path / "empty")], "no image files"),
         (["posemb", str(tmp_path / "missing.safetensors")], "missing.safetensors"),
     ]
     for argv, message in cases:
@@ -109,3 +111,57 @@ def test_inspect_errors_are_one_line_and_exit_2(workspace, tmp_path, capsys):
         assert code == 2, argv
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.png").exists()
+
+
+def _messy_copy(workspace, root):
+    """The workspace's image tree plus a text file and a truncated JPEG in each class folder."""
+    import shutil
+
+    from test_data import truncated_jpeg
+
+    shutil.copytree(workspace / "data", root)
+    for cls in ("cats", "dogs"):
+        (root / cls / "notes.txt").write_text("not an image")
+        truncated_jpeg(root / cls / "cut.jpg")
+    return root
+
+
+def test_inspect_attention_takes_folders_and_skips_unreadable_images(workspace, tmp_path, capsys):
+    """A folder gives its image files (other files ignored, listed once); an unreadable image is skipped and counted
+    in one warning line, as training and predict do; an error only when none is readable."""
+    data = _messy_copy(workspace, tmp_path / "data")
+    out = tmp_path / "attention.png"
+    assert main(["inspect", "attention", str(workspace / "model.safetensors"), str(data), str(workspace / "grey.jpg"),
+                 "--out", str(out), "--arrays", str(tmp_path / "a.npz"), "--batch-size", "4"]) == 0
+    check_png(out)
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("vitkit: warning: ") for line in warnings)
+    assert warnings[0].startswith(f"vitkit: warning: ignored 2 file(s) in {data}") and "notes.txt" in warnings[0]
+    assert warnings[1].startswith("vitkit: warning: skipped 2 of 9 file(s): ") and "cut.jpg" in warnings[1]
+    assert np.load(tmp_path / "a.npz")["rollout"].shape == (7, 4, 4)  # 6 images of the folder and grey.jpg
+    assert "attention rollout of 7 image(s)" in captured.out
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    from test_data import truncated_jpeg
+
+    truncated_jpeg(broken / "a.jpg")
+    (broken / "b.png").write_bytes(b"junk")
+    assert main(["inspect", "attention", str(workspace / "model.safetensors"), str(broken),
+                 "--out", str(tmp_path / "none.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vitkit: error: none of the 2 files is a readable image")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_inspect_distance_skips_unreadable_images(workspace, tmp_path, capsys):
+    data = _messy_copy(workspace, tmp_path / "data")
+    out = tmp_path / "distance.png"
+    assert main(["inspect", "distance", str(workspace / "model.safetensors"), "--data", str(data),
+                 "--num-images", "100", "--batch-size", "4", "--out", str(out)]) == 0
+    check_png(out)
+    captured = capsys.readouterr()
+    assert "over 6 images" in captured.out
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and "ignored 2 file(s)" in warnings[0] and "skipped 2 of 8 file(s)" in warnings[1]

@@ -57,10 +57,16 @@ def test_top_k_names_and_probabilities(trained, capsys):
 
 
 def test_folders_expand_and_bad_images_are_reported(trained, tmp_path, capsys):
+    """Folders give their image files (other files ignored, listed once); unreadable files are skipped and
+    counted in one warning line, with an error record each in the JSON, as training skips them."""
     run, images = trained
     truncated_jpeg(tmp_path / "cut.jpg")
-    assert main(["predict", str(run), str(images), str(tmp_path / "cut.jpg"), str(tmp_path / "none.png"),
-                 "--json"]) == 2
+    (images / "notes.txt").write_text("not an image")
+    try:
+        assert main(["predict", str(run), str(images), str(tmp_path / "cut.jpg"), str(tmp_path / "none.png"),
+                     "--json"]) == 0
+    finally:
+        (images / "notes.txt").unlink()
     captured = capsys.readouterr()
     records = json.loads(captured.out)
     assert [r["image"].rsplit("/", 1)[-1] for r in records] == ["grey.jpg", "x0.png", "x1.png", "x2.png", "cut.jpg",
@@ -68,8 +74,23 @@ def test_folders_expand_and_bad_images_are_reported(trained, tmp_path, capsys):
     assert "error" in records[4] and "not a readable image" in records[4]["error"]
     assert records[5]["error"] == "no such file"
     assert all("predictions" in r for r in records[:4])
-    errors = captured.err.strip().splitlines()
-    assert len(errors) == 2 and all(line.startswith("vitkit: error: ") for line in errors)
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("vitkit: warning: ") for line in warnings)
+    assert warnings[0].startswith(f"vitkit: warning: ignored 1 file(s) in {images}") and "notes.txt" in warnings[0]
+    assert warnings[1].startswith("vitkit: warning: skipped 2 of 6 file(s): ") and "cut.jpg" in warnings[1]
+
+    # nothing readable: one error line, exit status 2
+    assert main(["predict", str(run), str(tmp_path / "cut.jpg"), str(tmp_path / "none.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip().count("\n") == 0
+    assert captured.err.startswith("vitkit: error: none of the 2 files is a readable image (first: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    assert main(["predict", str(run), str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vitkit: error: no image files (")
+    assert f"under {empty} (1 other file(s) ignored, e.g. notes.txt)" in err[0]
 
 
 def test_a_checkpoint_without_class_names_predicts_indices(trained, tmp_path, capsys):

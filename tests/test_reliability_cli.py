@@ -85,7 +85,7 @@ def cases(f):
         (["predict", good, f / "missing.png"], "missing.png: no such file"),
         (["convert", missing, f / "o.pth"], "no such file or directory"),
         (["inspect", "posemb", missing], "no such file or directory"),
-        (["inspect", "attention", good, f / "missing.png"], "image not found"),
+        (["inspect", "attention", good, f / "missing.png"], "missing.png: no such file"),
         (["bench", "--checkpoint", missing, "--peers"], "no such file or directory"),
         (["export", missing], "no such file or directory"),
         # damaged and untrusted files

@@ -37,7 +37,8 @@ def register(sub) -> None:
                          "class token to the patches, drawn over each image as the paper's Figure 6; and, in "
                          "<out>_heads.png, the class token's attention per layer and head for the first image.")
     common(q, "attention.png")
-    q.add_argument("images", nargs="+", help="image files")
+    q.add_argument("images", nargs="+", help="image files, or folders (every image file inside); unreadable files "
+                   "are skipped with a warning")
     q.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
                    help="how to combine the heads of a layer before rolling out (default mean, as the paper)")
     q.add_argument("--batch-size", type=_args.positive_int, default=16, help="images per forward pass (default 16)")
@@ -48,7 +49,8 @@ def register(sub) -> None:
                          "between query and key patch centres weighted by the attention, averaged over the query "
                          "patches and a sample of images; the class token is left out as query and key.")
     common(q, "distance.png")
-    q.add_argument("--data", required=True, help="folder of images (an ImageFolder tree or flat)")
+    q.add_argument("--data", required=True, help="folder of images (an ImageFolder tree or flat); unreadable files "
+                   "are skipped with a warning")
     q.add_argument("--num-images", type=_args.positive_int, default=128,
                    help="random sample of this many images (default 128)")
     q.add_argument("--seed", type=_args.count, default=0, help="seed of the sample (default 0)")
@@ -96,6 +98,20 @@ def _load(args):
     return model.eval()
 
 
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"vitkit: warning: {message}", file=sys.stderr)
+
+
+def _read(files) -> tuple[list[str], list]:
+    """(paths, RGB images) of the readable files; the others skipped with one warning, an error if none is left."""
+    from ..data import read_images
+
+    good, _ = read_images(files, log=_warn)
+    return [path for path, _ in good], [image for _, image in good]
+
+
 def _write_arrays(args, **arrays) -> None:
     if args.arrays:
         import numpy as np
@@ -114,15 +130,18 @@ def run(args) -> int:
 def _attention(args) -> int:
     import numpy as np
 
-    from ..inspect import attention_rollout, class_token_attention, load_images
+    from ..data import gather_image_files
+    from ..inspect import attention_rollout, class_token_attention
+    from ..inspect.images import prepare_images
     from ..inspect.plots import plot_attention_rollout, plot_class_token_attention
 
     _positive(args.batch_size, "--batch-size")
     model = _load(args)
     device = next(model.parameters()).device
+    paths, images = _read(gather_image_files(args.images, log=_warn))
     maps, pixels = [], []
-    for start in range(0, len(args.images), args.batch_size):
-        batch, batch_pixels = load_images(args.images[start:start + args.batch_size], model)
+    for start in range(0, len(images), args.batch_size):
+        batch, batch_pixels = prepare_images(images[start:start + args.batch_size], model)
         maps.append(attention_rollout(model, batch.to(device), head_fusion=args.head_fusion))
         pixels.append(batch_pixels)
         if start == 0:
@@ -130,7 +149,7 @@ def _attention(args) -> int:
     maps, pixels = np.concatenate(maps), np.concatenate(pixels)
     out = Path(args.out)
     heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
-    titles = ["/".join(Path(p).parts[-2:]) for p in args.images]  # class folder and file name
+    titles = ["/".join(Path(p).parts[-2:]) for p in paths]  # class folder and file name
     plot_attention_rollout(pixels, maps, out, titles=titles)
     query = "class token" if model.config.class_token else "mean patch token (no class token)"
     plot_class_token_attention(pixels[0], heads, heads_out, title=f"{query} attention to the patches")
@@ -143,16 +162,18 @@ def _attention(args) -> int:
 
 
 def _distance(args) -> int:
-    from ..inspect import find_images, image_batches, mean_attention_distance, patch_distances
+    from ..inspect import find_images, mean_attention_distance, patch_distances
     from ..inspect.attention import effective_patch_size
+    from ..inspect.images import prepare_images
     from ..inspect.plots import plot_attention_distance
 
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_images, "--num-images")
     model = _load(args)
     device = next(model.parameters()).device
-    files = find_images(args.data, limit=args.num_images, seed=args.seed)
-    batches = (batch.to(device) for batch in image_batches(files, model, args.batch_size))
+    files, images = _read(find_images(args.data, limit=args.num_images, seed=args.seed, log=_warn))
+    batches = (prepare_images(images[start:start + args.batch_size], model)[0].to(device)
+               for start in range(0, len(images), args.batch_size))
     distances = mean_attention_distance(model, batches)  # (layers, heads)
     patch = effective_patch_size(model)
     uniform = float(patch_distances(model.grid_size, patch).mean())  # what attention spread evenly would give

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 from ..configs import POOLS
 from . import _args
@@ -19,7 +17,8 @@ def register(sub) -> None:
                        "preprocessing come from the checkpoint (indices where it has no names).")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder, a pre-trained "
                    "name (vitkit models --pretrained) or a URI (hf-hub:ORG/REPO, https://..., gs://...)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every file inside)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image file inside); "
+                   "unreadable files are skipped with one warning (and an error record with --json)")
     p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON: one object per image")
     p.add_argument("--batch-size", type=_args.positive_int, default=32)
@@ -30,21 +29,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _expand(paths: list[str]) -> list[str]:
-    out = []
-    for item in paths:
-        if os.path.isdir(item):
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-        else:
-            out.append(item)
-    return out
+def _warn(message: str) -> None:
+    print(f"vitkit: warning: {message}", file=sys.stderr)
 
 
 def run(args) -> int:
     from .. import load
-    from ..data import eval_transform, read_image
+    from ..data import eval_transform, gather_image_files, read_images
     from ..errors import UsageError
     from ..eval.evaluate import classify
     from ..hub.resolve import model_source
@@ -59,28 +50,15 @@ def run(args) -> int:
     model.to(pick_device(args.device))
     transform = eval_transform(model.preprocessing)
 
-    paths = _expand(args.images)
-    if not paths:
-        raise UsageError("no images given (the folders are empty)")
-    images, good, records, failed = [], [], {}, 0
-    for path in paths:
-        try:
-            images.append(read_image(path))
-            good.append(path)
-        except FileNotFoundError:
-            records[path] = {"image": path, "error": "no such file"}
-        except Exception as e:  # anything PIL cannot decode whole
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            records[path] = {"image": path, "error": f"not a readable image ({type(e).__name__}: {reason})"}
+    paths = gather_image_files(args.images, log=_warn)  # folders: their image files, other files ignored
+    readable, unreadable = read_images(paths, log=_warn)  # skipped with one warning; an error if none is left
+    records = {path: {"image": path, "error": reason} for path, reason in unreadable}
+    good = [path for path, _ in readable]
+    images = [image for _, image in readable]
     for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size)):
         records[path] = {"image": path, "predictions": [
             {"class": names[i], "index": i, "probability": p} for i, p in top]}
 
-    for path in paths:
-        record = records[path]
-        if "error" in record:
-            failed += 1
-            print(f"vitkit: error: {path}: {record['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps([records[p] for p in paths], indent=2))
     else:
@@ -91,4 +69,4 @@ def run(args) -> int:
             print(path)
             for pred in record["predictions"]:
                 print(f"  {100 * pred['probability']:6.2f}%  {pred['class']}")
-    return 2 if failed else 0
+    return 0

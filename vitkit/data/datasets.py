@@ -1,9 +1,11 @@
 """Labelled image sets: scikit-learn's digits, ImageFolder trees, CIFAR-10/100 in their python-pickle layout.
 
 Every source becomes an `ImageSet`: class names, integer labels, and per image either a file path (decoded on
-demand) or a decoded uint8 array (held in memory). Image folders are checked when they are opened: every file is
-decoded once (a truncated JPEG opens fine and fails only when decoded), unreadable files are skipped, logged and
-counted, and the run stops when more than `max_bad_fraction` of them are bad.
+demand) or a decoded uint8 array (held in memory). Image folders are checked when they are opened: files whose
+names do not end in an image extension (notes.txt, labels.csv) are ignored and listed once; every image file is
+decoded once (a truncated JPEG opens fine and fails only when decoded), unreadable ones are skipped, logged and
+counted, and the run stops when more than `max_bad_fraction` of them are bad. Commands given image files or
+folders (predict, inspect) gather and read them with the same rules (`gather_image_files`, `read_images`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from PIL import Image
 
 from ..errors import UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# The one list of file name endings read as images, everywhere in vitkit (training folders, eval, predict, inspect);
+# all opened by Pillow. Other files in a folder are ignored (listed once), not counted as broken images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                    ".pbm", ".pnm")
 VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
 CACHE_BUDGET_BYTES = 2 * 1024**3
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's single-channel integer modes
@@ -43,6 +48,7 @@ class ImageSet:
     arrays: list[np.ndarray] | None = None  # decoded (H, W, 3) uint8 images, when held in memory
     name: str = "images"  # for messages: "digits", a folder, ...
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped files
+    ignored_files: list[str] = field(default_factory=list)  # files without an image extension, never read
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -70,7 +76,7 @@ class ImageSet:
             classes=self.classes, labels=self.labels[indices] if indices else np.zeros(0, np.int64),
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             arrays=[self.arrays[i] for i in indices] if self.arrays is not None else None,
-            name=name or self.name, bad_files=self.bad_files,
+            name=name or self.name, bad_files=self.bad_files, ignored_files=self.ignored_files,
         )
 
     def class_counts(self) -> np.ndarray:
@@ -109,6 +115,91 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # (a direct conversion warns about the transparency)
     return img.convert("RGB")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether the file's name ends in one of `IMAGE_EXTENSIONS` (any case)."""
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def _some(names: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
+    """'a, b, c and 4 more'."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return sep.join(names[:shown]) + more
+
+
+def ignored_message(ignored: Sequence[str], where: str) -> str:
+    """The one log line listing files left out for their extension."""
+    return (f"ignored {len(ignored)} file(s) in {where} that are not images by their extension: {_some(ignored)} "
+            f"(images end in {', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _failure(error: Exception) -> str:
+    """Why a file could not be read, in one line."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"not a readable image ({type(error).__name__}: {reason})"
+
+
+def gather_image_files(items: Sequence[str | os.PathLike], *, log: Callable[[str], None] = print) -> list[str]:
+    """The files named, and every image file under the folders named (recursively, as a training tree is read).
+
+    Files under a folder whose names do not end in an image extension are ignored and listed in one `log` line; a
+    file named explicitly is always kept (reading it says whether it is an image). A `UsageError` when nothing is
+    left.
+    """
+    files: list[str] = []
+    ignored: list[str] = []
+    folders = []
+    for item in items:
+        if os.path.isdir(item):
+            folders.append(str(item))
+            for path in _files_under(Path(item)):
+                (files if is_image_file(path) else ignored).append(path)
+        else:
+            files.append(str(item))
+    if not files:  # one line, with the count of the files left out
+        raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(folders)}"
+                         + (f" ({len(ignored)} other file(s) ignored, e.g. {Path(ignored[0]).name})"
+                            if ignored else ""))
+    if ignored:
+        log(ignored_message(ignored, ", ".join(folders)))
+    return files
+
+
+def read_images(paths: Sequence[str | os.PathLike], *, log: Callable[[str], None] = print,
+                max_bad_fraction: float | None = None) -> tuple[list[tuple[str, Image.Image]], list[tuple[str, str]]]:
+    """Each file decoded to RGB, for commands given files: ([(path, image)] of the readable ones, [(path, reason)]
+    of the others).
+
+    The same policy as training folders: an unreadable file (missing, truncated, not an image) is skipped, counted
+    and reported in one `log` line; a `UsageError` when none is readable, or when more than `max_bad_fraction` of
+    them are not (None: any share, as long as one image is left).
+    """
+    good: list[tuple[str, Image.Image]] = []
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            good.append((str(path), read_image(path)))
+        except Exception as e:  # OSError, ValueError, DecompressionBombError, ... as read_image raises them
+            bad.append((str(path), _failure(e)))
+    if not bad:
+        return good, bad
+    if not good:
+        first, reason = bad[0]
+        if len(bad) == 1:
+            raise UsageError(f"{first}: {reason}")
+        raise UsageError(f"none of the {len(bad)} files is a readable image (first: {first}: {reason})")
+    if max_bad_fraction is not None and len(bad) / len(paths) > max_bad_fraction:
+        first, reason = bad[0]
+        raise UsageError(f"{len(bad)} of {len(paths)} files ({100 * len(bad) / len(paths):.1f}%) are not readable "
+                         f"images, more than the limit of {100 * max_bad_fraction:g}% (first: {first}: {reason})")
+    log(f"skipped {len(bad)} of {len(paths)} file(s): " + _some([f"{p}: {r}" for p, r in bad], sep="; "))
+    return good, bad
 
 
 def _check_file(path: str, keep: bool) -> tuple[np.ndarray | None, str | None, int]:
@@ -167,9 +258,10 @@ def scan_image_folder(root: str | os.PathLike, *, max_bad_fraction: float = 0.01
                       progress: bool = True) -> ImageSet:
     """An ImageFolder tree (root/<class>/<image>), every file checked by decoding it.
 
-    Files that are not readable images (unreadable, truncated, another kind of file) are skipped and logged; the
-    scan stops with a `UsageError` when their share exceeds `max_bad_fraction`, when the folder has no class
-    folders, or when a class has no readable image. With `limit_per_class`, a seeded choice of that many files
+    Files whose names do not end in an image extension are ignored and listed in one log line. Image files that
+    cannot be decoded (unreadable, truncated, another kind of file named .jpg) are skipped and logged; the scan
+    stops with a `UsageError` when their share exceeds `max_bad_fraction`, when the folder has no class folders, or
+    when a class has no readable image. With `limit_per_class`, a seeded choice of that many files
     per class is checked and kept.
     """
     root = Path(root)
@@ -180,15 +272,23 @@ def scan_image_folder(root: str | os.PathLike, *, max_bad_fraction: float = 0.01
         raise UsageError(f"{root}: no class folders (expected {root}/<class>/<image> files)")
     paths: list[str] = []
     labels: list[int] = []
+    ignored: list[str] = []
     for index, folder in enumerate(classes):
-        files = _files_under(folder)
+        found = _files_under(folder)
+        files = [p for p in found if is_image_file(p)]
+        ignored.extend(p for p in found if not is_image_file(p))
         if not files:
-            raise UsageError(f"{folder}: class {folder.name!r} has no images")
+            raise UsageError(f"{folder}: class {folder.name!r} has no images"
+                             + (f" (only {len(found)} file(s) without an image extension, e.g. "
+                                f"{Path(found[0]).name})" if found else ""))
         if limit_per_class is not None and len(files) > limit_per_class:
             pick = np.random.default_rng([seed, index]).permutation(len(files))[:limit_per_class]
             files = [files[i] for i in sorted(pick)]
         paths.extend(files)
         labels.extend([index] * len(files))
+
+    if ignored:
+        log(ignored_message([os.path.relpath(p, root) for p in ignored], str(root)))
 
     keep = cache in ("auto", "yes")
     arrays: list[np.ndarray | None] = []
@@ -230,7 +330,7 @@ def scan_image_folder(root: str | os.PathLike, *, max_bad_fraction: float = 0.01
     return ImageSet(
         classes=[c.name for c in classes], labels=good_labels,
         paths=[paths[i] for i in good], arrays=[arrays[i] for i in good] if keep else None,
-        name=str(root), bad_files=bad,
+        name=str(root), bad_files=bad, ignored_files=ignored,
     )
 
 

@@ -96,8 +96,11 @@ def _limit(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
 def open_data(data: str, *, want_train: bool = True, want_val: bool = True, val_split: str = "auto",
               val_fraction: float = 0.1, val_per_class: int | None = None, split_seed: int = 0,
               limit_per_class: int | None = None, max_bad_fraction: float = 0.01, cache: str = "auto",
-              flat_eval: str = "holdout", log: Callable[[str], None] = print, progress: bool = True) -> DataSplits:
+              flat_eval: str = "holdout", log: Callable[[str], None] = print, progress: bool = True,
+              min_classes: int = 1) -> DataSplits:
     """The training and evaluation sets of `data`.
+
+    min_classes: refuse data with fewer classes (training passes 2: one class teaches nothing and scores 100%).
 
     flat_eval: what evaluation uses for a folder without its own val/test split: "holdout" (the images a training
     run on the same folder held out) or "all" (every image: the folder is a test set).
@@ -152,6 +155,11 @@ def open_data(data: str, *, want_train: bool = True, want_val: bool = True, val_
             train, val = hold_out(full) if val_split != "none" else (full, None)
             splits = DataSplits(full.classes, train, val, "hold-out", f"ImageFolder {layout.train_root}",
                                 full.bad_files)
+    if len(splits.classes) < min_classes:
+        where = layout.train_root if layout.train_root is not None else data
+        found = ", ".join(repr(c) for c in splits.classes)
+        raise UsageError(f"--data {where}: only {len(splits.classes)} class ({found}); training needs at least "
+                         f"{min_classes} classes, one folder each ({where}/<class>/<image>)")
     if val_split == "none":
         splits.val = None
     if not want_train:

@@ -14,34 +14,40 @@ import torch
 from ..configs import Preprocessing
 from ..errors import UsageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
 
 def load_images(paths: Sequence[str | os.PathLike], model) -> tuple[torch.Tensor, np.ndarray]:
     """Files -> (preprocessed batch (B, 3, H, W) for `model`, the same pixels as uint8 (B, H, W, 3) to draw on).
 
     Preprocessing is the evaluation transform of `vitkit.data` (resize, or resize and centre-crop for crop_pct < 1,
-    then the checkpoint's mean and std), so the maps describe exactly what `vitkit eval` and `predict` see.
+    then the checkpoint's mean and std), so the maps describe exactly what `vitkit eval` and `predict` see. Every
+    file must be readable (commands skip unreadable ones first, with `vitkit.data.read_images`).
     """
     from ..data.datasets import read_image
-    from ..data.transforms import eval_transform
 
     if not paths:
         raise UsageError("no images given")
-    if model.config.in_channels != 3:
-        raise UsageError(f"the model takes {model.config.in_channels}-channel input; image files are read as RGB")
-    transform = eval_transform(model.preprocessing)
-    tensors = []
+    images = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
         try:
-            image = read_image(path)
+            images.append(read_image(path))
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read image {path}: {e}") from None
-        tensors.append(transform(image))
-    batch = torch.stack(tensors)  # (B, 3, H, W)
+    return prepare_images(images, model)
+
+
+def prepare_images(images: Sequence, model) -> tuple[torch.Tensor, np.ndarray]:
+    """Decoded RGB PIL images -> (preprocessed batch (B, 3, H, W) for `model`, its pixels as uint8 (B, H, W, 3))."""
+    from ..data.transforms import eval_transform
+
+    if not images:
+        raise UsageError("no images given")
+    if model.config.in_channels != 3:
+        raise UsageError(f"the model takes {model.config.in_channels}-channel input; image files are read as RGB")
+    transform = eval_transform(model.preprocessing)
+    batch = torch.stack([transform(image) for image in images])  # (B, 3, H, W)
     return batch, to_pixels(batch, model.preprocessing)
 
 
@@ -54,17 +60,18 @@ def to_pixels(batch: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
     return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def find_images(folder: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under `folder` (recursively, as an ImageFolder tree or flat); a random sample of `limit` of them
-    (fixed by `seed`) when there are more."""
+def find_images(folder: str | os.PathLike, limit: int | None = None, seed: int = 0,
+                log=lambda message: None) -> list[Path]:
+    """Image files under `folder` (recursively, as an ImageFolder tree or flat; other files ignored and reported to
+    `log`); a random sample of `limit` of them (fixed by `seed`) when there are more."""
+    from ..data.datasets import gather_image_files
+
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"data folder not found: {folder}")
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    files = [Path(p) for p in gather_image_files([folder], log=log)]
     if limit is not None and len(files) > limit:
         files = sorted(random.Random(seed).sample(files, limit))
     return files

@@ -333,7 +333,7 @@ class _Run:
         splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
                            val_fraction=c.val_fraction, val_per_class=c.val_per_class, split_seed=c.split_seed,
                            limit_per_class=c.limit_per_class, max_bad_fraction=c.max_bad_fraction,
-                           cache=c.cache_images, log=self.say, progress=c.progress and self.main)
+                           cache=c.cache_images, log=self.say, progress=c.progress and self.main, min_classes=2)
         classes, train_set, val_set = splits.classes, splits.train, splits.val
         if c.num_classes is not None and c.num_classes < len(classes):
             raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(classes)} classes of the data")
