@@ -13,12 +13,9 @@ serves every size. Image sides must be multiples of the effective patch size.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints.io import fsync_dir
+from .files import atomic_path
 from .models.fast import plain_path
 
 FORMATS = ("onnx", "pt2")
@@ -67,29 +64,6 @@ def exportable_copy(model: nn.Module, dynamic_image_size: bool = True) -> nn.Mod
     return model
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """A temporary path beside `path`, of the same suffix (torch.export.save wants .pt2), renamed onto `path` when
-    the block succeeds and removed when it fails, so that `path` is never left half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the mode open() would
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def export_program(model: nn.Module, dynamic_batch: bool = True, dynamic_image_size: bool = True,
                    batch_size: int = 2) -> torch.export.ExportedProgram:
     """The model as a `torch.export` program, with the batch and image sides symbolic as asked."""
@@ -122,7 +96,7 @@ def export_onnx(model: nn.Module, path, dynamic_batch: bool = True, dynamic_imag
                                          verbose=False, **kwargs)
     result = {"path": str(path), "format": "onnx", "dynamic_batch": dynamic_batch,
               "dynamic_image_size": dynamic_image_size, "checks": []}
-    with _atomic_path(path) as tmp:  # checked before it is renamed onto `path`
+    with atomic_path(path, keep_suffix=True) as tmp:  # checked before it is renamed onto `path`
         onnx_program.save(str(tmp))
         if check:
             result["checks"] = check_onnx(tmp, model, check_shapes(model, dynamic_batch, dynamic_image_size))
@@ -137,7 +111,7 @@ def save_program(model: nn.Module, path, dynamic_batch: bool = True, dynamic_ima
     """Write a `torch.export` program (.pt2; load with torch.export.load(path).module())."""
     path = Path(path)
     program = export_program(model, dynamic_batch, dynamic_image_size)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         torch.export.save(program, str(tmp))
     return {"path": str(path), "format": "pt2", "dynamic_batch": dynamic_batch,
             "dynamic_image_size": dynamic_image_size, "checks": []}

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import DownloadError
+from ..files import fsync_dir
 from .cache import cache_dir, hf_cache_dir, hf_offline, offline, url_cache_path
 from .uri import fetch_url
 
@@ -198,20 +199,6 @@ def _user_agent() -> str:
     return f"vitkit/{_version()} (Python urllib)"
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (where the platform lets a folder be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Cut(Exception):
     """The body ended (or the connection dropped) before the whole file arrived."""
 
@@ -266,7 +253,7 @@ def _fetch(source: str, name: str, final: Path, sha256: str | None, progress: bo
         _discard(part)
         raise DownloadError(name, f"SHA-256 mismatch: expected {sha256}, got {digest}; the download was discarded")
     os.replace(part, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     _record_sha256(final, digest, _sidecar(final))
 
 
