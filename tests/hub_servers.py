@@ -357,3 +357,17 @@ def free_port() -> int:
 
 
 __all__ = ["StaticServer", "HubServer", "HTML_PAGE", "FAULTS", "MODES", "free_port", "git_blob_sha1"]
+
+
+def isolate_hub_env(tmp_path, monkeypatch, cache: str = "vitkit-cache"):
+    """Own empty caches under tmp_path, fast retries, and no offline switch or mirror from the outside."""
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / cache))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setenv("VITKIT_RETRY_BACKOFF", "0.01")
+    monkeypatch.setenv("VITKIT_DOWNLOAD_TIMEOUT", "10")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("VITKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "VITKIT_GCS_URL",
+                 "VITKIT_TORCHVISION_URL", "VITKIT_GITHUB_URL", "VITKIT_FBAIPUBLICFILES_URL", "VITKIT_DOWNLOAD_TRIES",
+                 "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)

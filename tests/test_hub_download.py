@@ -23,7 +23,7 @@ from vitkit.hub import cache_dir, download_hf, download_url, is_uri, parse_uri, 
 from vitkit.hub.uri import HubRepo, fetch_url
 
 from conftest import randomize_, rel_err
-from hub_servers import HubServer, StaticServer, free_port
+from hub_servers import HubServer, StaticServer, free_port, isolate_hub_env
 
 GCS_NPZ = "/vit_models/imagenet21k/ViT-B_16.npz"
 AUGREG_NPZ = ("/vit_models/augreg/Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-"
@@ -34,17 +34,7 @@ GITHUB_ST = "/huggingface/pytorch-image-models/releases/download/v0.1-tiny/vit_t
 
 @pytest.fixture(autouse=True)
 def hub_env(tmp_path, monkeypatch):
-    """Every test gets its own empty caches, fast retries, and no offline switch or mirror from the outside."""
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "vitkit-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    monkeypatch.setenv("VITKIT_RETRY_BACKOFF", "0.01")
-    monkeypatch.setenv("VITKIT_DOWNLOAD_TIMEOUT", "10")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("VITKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "VITKIT_GCS_URL",
-                 "VITKIT_TORCHVISION_URL", "VITKIT_GITHUB_URL", "VITKIT_FBAIPUBLICFILES_URL", "VITKIT_DOWNLOAD_TRIES",
-                 "HF_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_hub_env(tmp_path, monkeypatch, cache="vitkit-cache")
     return tmp_path
 
 

@@ -19,7 +19,7 @@ from vitkit.errors import CheckpointError, DownloadError
 from vitkit.hub.catalog import class_names, find_pretrained
 
 from conftest import randomize_
-from hub_servers import HubServer, StaticServer
+from hub_servers import HubServer, StaticServer, isolate_hub_env
 
 NAME = "vit-b16-in21k"  # served as gs://vit_models/imagenet21k/ViT-B_16.npz
 TINY = dict(image_size=224, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, gelu="tanh")
@@ -36,15 +36,7 @@ def tiny_google_file(path: Path, num_classes: int, seed: int = 0) -> torch.nn.Mo
 
 @pytest.fixture(autouse=True)
 def hub_env(tmp_path, monkeypatch):
-    """Own empty caches, fast retries, no offline switch or mirror from the outside."""
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    monkeypatch.setenv("VITKIT_RETRY_BACKOFF", "0.01")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("VITKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "VITKIT_GCS_URL",
-                 "VITKIT_TORCHVISION_URL", "VITKIT_GITHUB_URL", "VITKIT_FBAIPUBLICFILES_URL", "HF_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_hub_env(tmp_path, monkeypatch, cache="cache")
 
 
 @pytest.fixture
