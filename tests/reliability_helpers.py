@@ -1,5 +1,5 @@
 """Processes to kill: `vitkit train` run as real processes that a test stops at an exact failure point
-(`vitkit.train.faults`) and then SIGKILLs.
+(`vitkit.training.faults`) and then SIGKILLs.
 
 Starting Python with torch costs seconds here, so most runs are forked from a fork server that has imported
 vitkit once (multiprocessing's "forkserver": a fresh interpreter that never ran torch code, so forking it is
@@ -25,7 +25,7 @@ def _context():
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["vitkit.cli", "vitkit.train.trainer", "vitkit.data", "torch",
+        _CONTEXT.set_forkserver_preload(["vitkit.cli", "vitkit.training.trainer", "vitkit.data", "torch",
                                          "sklearn.datasets", "matplotlib.pyplot"])  # (what a run imports)
     return _CONTEXT
 

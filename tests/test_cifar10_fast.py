@@ -20,9 +20,9 @@ from vitkit.cli import main
 from vitkit.configs import Preprocessing
 from vitkit.data import StepBatchSampler, eval_transform, open_data
 from vitkit.data.memory import TensorAugment, TensorBatches, resize_batch, stack_images
-from vitkit.train.config import TrainConfig, load_recipe
-from vitkit.train.schedule import Schedule, TrainClock
-from vitkit.train.trainer import train
+from vitkit.training.config import TrainConfig, load_recipe
+from vitkit.training.schedule import Schedule, TrainClock
+from vitkit.training.trainer import train
 
 from test_data import CIFAR_TAR, extract_cifar_subset
 from test_train import tiny_config, train_records

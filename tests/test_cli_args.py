@@ -20,7 +20,7 @@ from vitkit.cli import main
 from vitkit.configs import variant_config
 from vitkit.errors import UsageError
 from vitkit.options import Range, device_name
-from vitkit.train.config import FIELDS, TrainConfig, load_recipe
+from vitkit.training.config import FIELDS, TrainConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT, IMAGE = "m.safetensors", "x.png"  # never read: the arguments fail first

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.train.trainer import train
+from vitkit.training.trainer import train
 
 from test_train import TINY, tiny_config
 

@@ -13,7 +13,7 @@ from vitkit.cli import main
 from vitkit.eval.evaluate import match_classes, restrict_confusion
 from vitkit.eval.metrics import Counts, confusion_matrix, per_class_accuracy, topk_accuracy, topk_correct
 from vitkit.errors import UsageError
-from vitkit.train.trainer import train
+from vitkit.training.trainer import train
 
 from test_data import write_image_folder
 from test_train import tiny_config

@@ -10,7 +10,7 @@ import torch
 import vitkit
 from vitkit.cli import main
 from vitkit.data import eval_transform, read_image
-from vitkit.train.trainer import train
+from vitkit.training.trainer import train
 
 from test_data import class_image, truncated_jpeg, write_image_folder
 from test_train import tiny_config

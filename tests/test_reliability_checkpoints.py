@@ -22,7 +22,7 @@ from reliability_helpers import finished
 from vitkit.checkpoints.io import read_safetensors
 from vitkit.cli import main
 from vitkit.errors import CheckpointError
-from vitkit.train import checkpoint as ckpt
+from vitkit.training import checkpoint as ckpt
 
 TINY_FLAGS = ["--data", "digits", "--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width", "32",
               "--depth", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--warmup-steps", "2",

@@ -274,7 +274,7 @@ def test_one_list_of_image_extensions_all_read_by_pillow(tmp_path):
 # ------------------------------------------------------------------------------------- fewer than two classes
 def test_a_one_class_folder_is_refused_for_training(tmp_path, capsys):
     from test_train import tiny_config
-    from vitkit.train.trainer import train
+    from vitkit.training.trainer import train
 
     root = write_image_folder(tmp_path / "data", classes=("cat",), per_class=10, size=8)
     with pytest.raises(UsageError, match=rf"--data {root}: only 1 class \('cat'\); training needs at least 2"):

@@ -19,7 +19,7 @@ import torch
 from reliability_helpers import finished, killed_at, subprocess_killed_at
 from vitkit.checkpoints.io import read_safetensors
 from vitkit.cli import main
-from vitkit.train import checkpoint as ckpt
+from vitkit.training import checkpoint as ckpt
 
 STEPS = 8
 

@@ -1,5 +1,5 @@
 """Non-finite values: a NaN or infinite loss, or a non-finite gradient norm behind a finite loss, injected at a
-chosen step (failure points `loss` and `grad`, see vitkit.train.faults). By default the run stops, names the step,
+chosen step (failure points `loss` and `grad`, see vitkit.training.faults). By default the run stops, names the step,
 and leaves the last good checkpoint byte for byte as it was; with --on-nonfinite skip the step's update is dropped
 (weights, optimizer state and EMA exactly as before it) and the run goes on to the end."""
 
@@ -15,7 +15,7 @@ import torch
 
 from vitkit.checkpoints.io import read_safetensors
 from vitkit.cli import main
-from vitkit.train import checkpoint as ckpt
+from vitkit.training import checkpoint as ckpt
 
 TINY_FLAGS = ["--data", "digits", "--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width", "32",
               "--depth", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--warmup-steps", "1",
@@ -48,7 +48,7 @@ def test_a_non_finite_value_stops_the_run_at_its_step(tmp_path, monkeypatch, cap
         hashes[step] = folder_hashes(path)
         return path
 
-    monkeypatch.setattr("vitkit.train.trainer.write_checkpoint", write_and_remember)
+    monkeypatch.setattr("vitkit.training.trainer.write_checkpoint", write_and_remember)
     code = main(args(tmp_path, "--steps", 8, "--checkpoint-every", 2, "--grad-clip", clip))
     err = capsys.readouterr().err.strip()
     run = tmp_path / "runs" / "run"

@@ -16,10 +16,10 @@ import torch
 
 import vitkit
 from vitkit.cli import main
-from vitkit.train import checkpoint as ckpt
-from vitkit.train.config import (DIGITS_RECIPE, TrainConfig, list_recipes, load_recipe, read_recipe_file)
-from vitkit.train.optim import EMA, build_optimizer, learning_rate, param_groups
-from vitkit.train.trainer import TrainingError, load_run_config, train
+from vitkit.training import checkpoint as ckpt
+from vitkit.training.config import (DIGITS_RECIPE, TrainConfig, list_recipes, load_recipe, read_recipe_file)
+from vitkit.training.optim import EMA, build_optimizer, learning_rate, param_groups
+from vitkit.training.trainer import TrainingError, load_run_config, train
 
 from test_data import CIFAR_TAR, extract_cifar_subset, truncated_jpeg, write_image_folder
 

@@ -61,7 +61,7 @@ def run(args) -> int:
     import sys
 
     from ..bench import BenchSettings, format_report, run_benchmark, write_report
-    from ..train.distributed import pick_device
+    from ..training.distributed import pick_device
 
     settings = BenchSettings(
         model=args.model, image_size=args.image_size, num_classes=args.num_classes,

@@ -67,14 +67,14 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..eval.evaluate import (eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion)
     from ..hub.resolve import model_source
-    from ..train.checkpoint import run_dir_of
-    from ..train.distributed import pick_device
+    from ..training.checkpoint import run_dir_of
+    from ..training.distributed import pick_device
 
     model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     run_dir = run_dir_of(args.checkpoint)
     run_config = None
     if run_dir is not None:
-        from ..train.trainer import load_run_config
+        from ..training.trainer import load_run_config
 
         try:
             run_config = load_run_config(run_dir)

@@ -88,7 +88,7 @@ def _load(args):
     model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
     device = getattr(args, "device", "cpu")
     try:
-        from ..train.distributed import pick_device
+        from ..training.distributed import pick_device
 
         model.to(pick_device(device))
     except (RuntimeError, AssertionError) as e:

@@ -39,7 +39,7 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..eval.evaluate import classify
     from ..hub.resolve import model_source
-    from ..train.distributed import pick_device
+    from ..training.distributed import pick_device
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")

@@ -18,7 +18,7 @@ EPILOG = """examples:
 
 
 def add_common_arguments(p) -> None:
-    from ..train.config import add_config_arguments
+    from ..training.config import add_config_arguments
 
     p.add_argument("--recipe", metavar="NAME|FILE", help="a recipe in recipes/ (see --list-recipes) or a .toml/.json "
                    "file")
@@ -48,8 +48,8 @@ def register(sub) -> None:
 def resolve(args):
     """(config, resume) from the command line: a recipe (or the resumed run's config) plus the overrides."""
     from ..errors import UsageError
-    from ..train.config import apply_overrides, load_recipe, main_job, overrides_from_args, smoke
-    from ..train.trainer import load_run_config
+    from ..training.config import apply_overrides, load_recipe, main_job, overrides_from_args, smoke
+    from ..training.trainer import load_run_config
 
     overrides = overrides_from_args(args)
     resume = args.resume or False
@@ -74,13 +74,13 @@ def resolve(args):
         config = load_recipe(args.default_recipe, overrides)
     if "model" in overrides and not resume and not config.init_from:
         # a variant named on the command line brings its own shape (and its own resolution unless --image-size)
-        from ..train.config import ARCHITECTURE_FIELDS
+        from ..training.config import ARCHITECTURE_FIELDS
 
         config = config.replace(**{k: None for k in (*ARCHITECTURE_FIELDS, "image_size") if k not in overrides})
     if config.init_from and not resume:
         # The architecture comes from the checkpoint, not from the recipe; so does the resolution, except in a
         # fine-tuning recipe (reset_head), where it is the fine-tuning resolution.
-        from ..train.config import ARCHITECTURE_FIELDS
+        from ..training.config import ARCHITECTURE_FIELDS
 
         cleared = [k for k in ARCHITECTURE_FIELDS if k not in overrides]
         if not (config.reset_head or args.finetune) and "image_size" not in overrides:
@@ -99,7 +99,7 @@ def check_resume_folder(path: Path) -> None:
     """--resume takes a run folder (runs/NAME, with its config.json) or one of its checkpoint folders
     (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError saying so."""
     from ..errors import UsageError
-    from ..train.trainer import CONFIG_FILE
+    from ..training.trainer import CONFIG_FILE
 
     wanted = "--resume takes a run folder (runs/NAME) or one of its checkpoint folders (runs/NAME/checkpoints/step_N)"
     if not path.is_dir():
@@ -110,7 +110,7 @@ def check_resume_folder(path: Path) -> None:
 
 
 def run(args) -> int:
-    from ..train.config import list_recipes
+    from ..training.config import list_recipes
 
     if args.list_recipes:
         for name in list_recipes():
@@ -120,7 +120,7 @@ def run(args) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    from ..train.trainer import TrainingError, train
+    from ..training.trainer import TrainingError, train
 
     try:
         train(config, resume=resume)

@@ -74,7 +74,7 @@ def check_local_sha256(path: Path, sha256: str) -> None:
 def model_source(source: str | os.PathLike) -> Path | str:
     """What a command hands to `vitkit.load`: a local run or checkpoint folder resolved to its weights file, else the
     text as given (a catalog name or a URI, which `load` resolves; `Path` would fold the // of a URL)."""
-    from ..train.checkpoint import resolve_model_path
+    from ..training.checkpoint import resolve_model_path
 
     if Path(source).exists():
         return resolve_model_path(source)

@@ -1,6 +1,6 @@
 """Training and fine-tuning: the loop, optimizer and schedule, checkpoints that resume exactly, DDP.
 
-    from vitkit.train import load_recipe, train
+    from vitkit.training import load_recipe, train
     result = train(load_recipe("digits"))                        # the main job; result.final.top1, result.run_dir
     result = train(load_recipe("cifar10", {"data": "/tmp/cifar10", "steps": 100}))
     result = train(load_run_config("runs/NAME"), resume="runs/NAME")   # continue a run
