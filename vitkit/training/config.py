@@ -162,6 +162,10 @@ class TrainConfig:
     progress: bool = _f(True, "show progress bars")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
+    # ------------------------------------------------------------------- fidelity to the papers (issue 19)
+    ema_warmup: bool = _f(False, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the n updates "
+                          "so far (off: ema_decay from the first update, as the paper's code)")
+
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
         # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike

@@ -373,7 +373,7 @@ class _Run:
         # optimizer, scaler, EMA, and the resumed state
         optimizer = build_optimizer(model, c)
         scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
-        ema = EMA(model, c.ema_decay) if c.ema_decay > 0 else None
+        ema = EMA(model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
         start_step = 0
         if resume_ckpt is not None:
             state = resume_ckpt.state
