@@ -437,7 +437,8 @@ class _Run:
 
         # loaders
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
-                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude)
+                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
+                        random_erasing=c.random_erasing)
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
