@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configs import POOLS
+from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 
@@ -90,7 +91,8 @@ class TrainConfig:
     crop_padding: int = _f(4, "padding of pad_crop in pixels of the resized image", range=COUNT)
     hflip: bool = _f(True, "random horizontal flips")
     randaugment_ops: int = _f(0, "RandAugment: operations per image (0 turns it off)", range=COUNT)
-    randaugment_magnitude: int = _f(9, "RandAugment: magnitude (0-30)", range=Range(0, 30, integer=True))
+    randaugment_magnitude: int = _f(9, "RandAugment: magnitude, on the scale of randaugment_style",
+                                    range=Range(0, 30, integer=True))
     mixup_alpha: float = _f(0.0, "Mixup: Beta(alpha, alpha) mixing (0 turns it off)", range=NON_NEGATIVE)
     cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)", range=NON_NEGATIVE)
     mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on", range=SHARE)
@@ -172,6 +174,13 @@ class TrainConfig:
     representation_size: int | None = _f(None, "a pre-training head with one hidden layer of this width (Dense + "
                                          "tanh, the paper's pre-logits, Section 3.1); fine-tuning drops it",
                                          range=AT_LEAST_ONE)
+    randaugment_style: str = _f("torchvision", "whose RandAugment, and so the scale of randaugment_magnitude: timm "
+                                "(DeiT; 0-10, m9 rotates up to 27 degrees), big_vision (AugReg; magnitude / 10, "
+                                "unclipped: m15 rotates 45 degrees) or torchvision (0-30: m9 rotates 9 degrees)")
+    randaugment_magnitude_std: float = _f(0.0, "RandAugment (timm style): Gaussian noise of this std on the "
+                                          "magnitude of each operation (DeiT: 0.5)", range=NON_NEGATIVE)
+    randaugment_increasing: bool = _f(False, "RandAugment (timm style): the operations whose strength increases "
+                                      "with the magnitude (timm's inc1, DeiT)")
 
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
@@ -235,6 +244,16 @@ class TrainConfig:
             fail(f"pipeline={self.pipeline!r}, expected one of pil, tensor")
         if not 0 <= self.random_erasing <= 1:
             fail(f"random_erasing must be in [0, 1], got {self.random_erasing}")
+        if self.randaugment_style not in RANDAUGMENT_STYLES:
+            fail(f"randaugment_style={self.randaugment_style!r}, expected one of {', '.join(RANDAUGMENT_STYLES)}")
+        if self.randaugment_ops > 0:
+            if self.pipeline != "pil":
+                fail("randaugment_ops needs pipeline='pil' (the tensor pipeline has no RandAugment)")
+            if self.randaugment_style == "timm" and self.randaugment_magnitude > 10:
+                fail(f"randaugment_magnitude={self.randaugment_magnitude} is beyond timm's scale of 0-10")
+            if self.randaugment_style != "timm" and (self.randaugment_magnitude_std > 0 or self.randaugment_increasing):
+                fail("randaugment_magnitude_std and randaugment_increasing are timm's; randaugment_style="
+                     f"{self.randaugment_style!r} has neither")
         if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):

@@ -441,7 +441,9 @@ class _Run:
         # loaders
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
                         randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
-                        random_erasing=c.random_erasing)
+                        random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
+                        randaugment_magnitude_std=c.randaugment_magnitude_std,
+                        randaugment_increasing=c.randaugment_increasing)
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
