@@ -171,3 +171,32 @@ def test_the_recipe_options_reach_the_pil_pipeline_and_the_tensor_pipeline_refus
         TrainConfig(randaugment_ops=2, randaugment_style="timm", randaugment_magnitude=15).validate()
     with pytest.raises(Exception, match="randaugment_style"):
         TrainConfig(randaugment_style="tf").validate()
+
+
+# --------------------------------------------------------------------------------------- repeated augmentation
+from vitkit.data.loader import StepBatchSampler  # noqa: E402
+
+
+def global_batches(num_items, batch, accum, world, repeats, steps):
+    """Each step's global batch, put together from every rank's micro-batches."""
+    ranks = [list(StepBatchSampler(num_items, batch, accum, world, r, seed=4, start_step=0, end_step=steps,
+                                   repeats=repeats)) for r in range(world)]
+    return [[key for a in range(accum) for r in range(world) for key in ranks[r][s * accum + a]]
+            for s in range(steps)]
+
+
+def test_repeated_augmentation_puts_each_image_three_times_in_a_batch_with_its_own_seeds():
+    single = global_batches(60, 12, 1, 1, 3, steps=10)  # 5 steps per epoch, 4 images per step
+    for keys in single:
+        images = [k[0] for k in keys]
+        assert len(set(images)) == 4 and all(images.count(i) == 3 for i in set(images))
+        assert len({k[1] for k in keys}) == 12  # every copy has its own augmentation
+        assert images[0] == images[4] == images[8] and images[0] != images[1]  # copies spread, neighbours differ
+    epoch = [k[0] for keys in single[:5] for k in keys]
+    assert len(set(epoch)) == 20  # an epoch: 5 steps of 12, a third of the 60 images, three times each
+    assert global_batches(60, 12, 2, 2, 3, steps=10) == single  # any accumulation and world size: the same
+    assert global_batches(60, 12, 1, 1, 1, steps=5) != single
+    with pytest.raises(ValueError, match="repeats"):
+        StepBatchSampler(60, 10, 1, 1, 0, 0, 0, 5, repeats=3)
+    with pytest.raises(Exception, match="repeated_augmentation"):
+        TrainConfig(batch_size=10, repeated_augmentation=3).validate()

@@ -1,6 +1,7 @@
 """`torchrun --nproc-per-node 2` (DDP over gloo, on CPU) computes the steps of one process with the same global
-batch also when Mixup and CutMix, label smoothing, random erasing and RandAugment are on, in both data pipelines:
-partners, ratios, boxes and every image's augmentation are functions of the global batch, not of the rank."""
+batch also when Mixup and CutMix, label smoothing, random erasing, RandAugment and repeated augmentation are on, in
+both data pipelines: partners, ratios, boxes and every image's augmentation are functions of the global batch,
+not of the rank."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def test_pil_pipeline_with_mixing_and_randaugment(tmp_path):
 
 
 def test_tensor_pipeline_with_mixing_and_odd_shards(tmp_path):
-    # micro-batches of 6, shards of 3: the pairs (2, 3) straddle the ranks, so the micro-batch is gathered
+    # micro-batches of 6, shards of 3: the pairs (2, 3) straddle the ranks, so the micro-batch is gathered;
+    # repeated augmentation: 4 images 3 times each per step, the copies on both ranks
     single, ddp = run_both(tmp_path, "tensor", dict(**COMMON, **MIXING, batch_size=12, accum_steps=2,
-                                                    pipeline="tensor", crop="pad_crop", crop_padding=2))
+                                                    repeated_augmentation=3, pipeline="tensor", crop="pad_crop",
+                                                    crop_padding=2))
     assert len(single) == 4 and ddp == pytest.approx(single, rel=1e-5, abs=1e-6)

@@ -447,7 +447,7 @@ class _Run:
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
-                                   start_step, end_step)
+                                   start_step, end_step, repeats=c.repeated_augmentation)
         train_data = TransformedImages(train_set, train_transform(model.preprocessing, **augment))
         val_batches = None
         if val_set is not None:
