@@ -196,7 +196,9 @@ def test_repeated_augmentation_puts_each_image_three_times_in_a_batch_with_its_o
     assert len(set(epoch)) == 20  # an epoch: 5 steps of 12, a third of the 60 images, three times each
     assert global_batches(60, 12, 2, 2, 3, steps=10) == single  # any accumulation and world size: the same
     assert global_batches(60, 12, 1, 1, 1, steps=5) != single
-    with pytest.raises(ValueError, match="repeats"):
-        StepBatchSampler(60, 10, 1, 1, 0, 0, 0, 5, repeats=3)
-    with pytest.raises(Exception, match="repeated_augmentation"):
-        TrainConfig(batch_size=10, repeated_augmentation=3).validate()
+    uneven = global_batches(60, 10, 1, 1, 3, steps=6)  # DeiT's 1024 / 3: whole triples but at the batch ends
+    images = [k[0] for keys in uneven for k in keys]
+    assert all(images.count(i) == 3 for i in set(images)) and len(set(images)) == 20
+    assert [len(set(k[0] for k in keys)) for keys in uneven[:3]] == [4, 4, 4]  # 0-3 (one copy of 3), 3-6, 6-9
+    assert all(keys[i][0] != keys[i ^ 1][0] for keys in uneven for i in range(10))  # no image mixed with itself
+    assert global_batches(60, 10, 1, 2, 3, steps=6) == uneven

@@ -181,9 +181,9 @@ class TrainConfig:
                                           "magnitude of each operation (DeiT: 0.5)", range=NON_NEGATIVE)
     randaugment_increasing: bool = _f(False, "RandAugment (timm style): the operations whose strength increases "
                                       "with the magnitude (timm's inc1, DeiT)")
-    repeated_augmentation: int = _f(1, "repeated augmentation: each step's batch holds batch_size / this many "
-                                    "images, each this many times with different augmentations (DeiT: 3); an "
-                                    "epoch then sees a share 1/this of the images", range=AT_LEAST_ONE)
+    repeated_augmentation: int = _f(1, "repeated augmentation: each step's batch holds about batch_size / this "
+                                    "many images, each this many times with different augmentations (DeiT: 3); "
+                                    "an epoch then sees a share 1/this of the images", range=AT_LEAST_ONE)
 
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
@@ -219,9 +219,6 @@ class TrainConfig:
                 fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
         if self.batch_size < 1 or self.accum_steps < 1:
             fail("batch_size and accum_steps must be positive")
-        if self.batch_size % self.repeated_augmentation:
-            fail(f"batch_size {self.batch_size} is not divisible by repeated_augmentation "
-                 f"{self.repeated_augmentation}")
         if self.batch_size % self.accum_steps:
             fail(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
         if self.steps is None and self.epochs is None:
@@ -435,8 +432,7 @@ def smoke(config: TrainConfig) -> TrainConfig:
     if config.representation_size and not config.init_from:
         architecture["representation_size"] = 32
     return config.replace(
-        steps=4, epochs=None, batch_size=4 * math.lcm(2, config.repeated_augmentation),
-        accum_steps=min(config.accum_steps, 2), warmup_steps=1,
+        steps=4, epochs=None, batch_size=8, accum_steps=min(config.accum_steps, 2), warmup_steps=1,
         image_size=16, eval_every=-1, checkpoint_every=0,
         log_every=1, num_workers=0, limit_per_class=min(config.limit_per_class or 8, 8),
         val_per_class=2 if config.val_split != "none" else None, eval_batch_size=16, **architecture,
