@@ -165,6 +165,13 @@ class TrainConfig:
     # ------------------------------------------------------------------- fidelity to the papers (issue 19)
     ema_warmup: bool = _f(False, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the n updates "
                           "so far (off: ema_decay from the first update, as the paper's code)")
+    crop_pct: float | None = _f(None, "evaluation: resize the shorter side to image_size / crop_pct, then take the "
+                                "central image_size crop (DeiT, AugReg: 0.875, 256 -> 224); 1: resize to image_size; "
+                                "default: the checkpoint's, else 1; stored with the model",
+                                range=Range(0, 1, lo_open=True))
+    representation_size: int | None = _f(None, "a pre-training head with one hidden layer of this width (Dense + "
+                                         "tanh, the paper's pre-logits, Section 3.1); fine-tuning drops it",
+                                         range=AT_LEAST_ONE)
 
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
@@ -240,7 +247,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb")
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size")
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -400,6 +407,8 @@ def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None =
 def smoke(config: TrainConfig) -> TrainConfig:
     """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
     architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
+    if config.representation_size and not config.init_from:
+        architecture["representation_size"] = 32
     return config.replace(
         steps=4, epochs=None, batch_size=8, accum_steps=min(config.accum_steps, 2), warmup_steps=1,
         image_size=16, eval_every=-1, checkpoint_every=0,
