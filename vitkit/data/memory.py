@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .datasets import ImageSet
+from .erasing import erase_boxes
 from .loader import mix_seed
 
 CROPS = ("inception", "pad_crop", "resize")
@@ -54,8 +55,8 @@ class TensorAugment:
     back; pad_crop: reflect-pad and take a random window; resize: none), horizontal flips, random erasing, then
     normalisation to float32 with `mean` / `std` (in units of [0, 1] pixels).
 
-    `random_erasing` is the probability that an image gets one random box (2-25% of its area, aspect 1/3-3)
-    filled with noise, after normalisation (Zhong et al. 2020, as timm and DeiT use it).
+    `random_erasing` is the probability that an image gets one box of noise after normalisation
+    (`vitkit.data.erasing`: timm's defaults, 2% to 1/3 of the area, which DeiT uses).
     """
 
     def __init__(self, mean, std, *, crop: str = "pad_crop", crop_min_area: float = 0.05, crop_padding: int = 4,
@@ -119,21 +120,7 @@ class TensorAugment:
         return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _erase(self, x, generator):
-        B, C, H, W = x.shape
-        chosen = torch.rand(B, generator=generator) < self.random_erasing
-        area = (0.02 + 0.23 * torch.rand(B, generator=generator)) * H * W
-        aspect = (torch.rand(B, generator=generator) * 2 - 1).mul(math.log(3)).exp()
-        h = (area * aspect).sqrt().round().clamp(1, H).long()
-        w = (area / aspect).sqrt().round().clamp(1, W).long()
-        top = (torch.rand(B, generator=generator) * (H - h + 1)).long()
-        left = (torch.rand(B, generator=generator) * (W - w + 1)).long()
-        rows = torch.arange(H)[None, :]
-        cols = torch.arange(W)[None, :]
-        inside_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # (B, H)
-        inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # (B, W)
-        box = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None])[:, None]  # (B, 1, H, W)
-        noise = torch.randn(x.shape, generator=generator)
-        return torch.where(box, noise, x)
+        return erase_boxes(x, self.random_erasing, generator)
 
 
 class TensorBatches:

@@ -95,8 +95,8 @@ class TrainConfig:
     cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)", range=NON_NEGATIVE)
     mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on", range=SHARE)
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", range=RATE)
-    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise "
-                               "(pipeline tensor only)", range=SHARE)
+    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise (2% "
+                               "to 1/3 of the area, as timm)", range=SHARE)
 
     # -------------------------------------------------------------------------------------- optimisation
     optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
@@ -162,6 +162,10 @@ class TrainConfig:
     progress: bool = _f(True, "show progress bars")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
+    # ------------------------------------------------------------------- fidelity to the papers (issue 19)
+    ema_warmup: bool = _f(False, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the n updates "
+                          "so far (off: ema_decay from the first update, as the paper's code)")
+
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
         # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike
@@ -224,8 +228,6 @@ class TrainConfig:
             fail(f"pipeline={self.pipeline!r}, expected one of pil, tensor")
         if not 0 <= self.random_erasing <= 1:
             fail(f"random_erasing must be in [0, 1], got {self.random_erasing}")
-        if self.random_erasing > 0 and self.pipeline != "tensor":
-            fail("random_erasing needs pipeline='tensor'")
         if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):

@@ -373,7 +373,7 @@ class _Run:
         # optimizer, scaler, EMA, and the resumed state
         optimizer = build_optimizer(model, c)
         scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
-        ema = EMA(model, c.ema_decay) if c.ema_decay > 0 else None
+        ema = EMA(model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
         start_step = 0
         if resume_ckpt is not None:
             state = resume_ckpt.state
@@ -437,7 +437,8 @@ class _Run:
 
         # loaders
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
-                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude)
+                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
+                        random_erasing=c.random_erasing)
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
