@@ -16,7 +16,8 @@ def register(sub) -> None:
                        description="Classify images with any checkpoint vitkit reads; the class names and the "
                        "preprocessing come from the checkpoint (indices where it has no names).")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, checkpoint folder or run folder, a pre-trained "
-                   "name (vitkit models --pretrained) or a URI (hf-hub:ORG/REPO, https://..., gs://...)")
+                   "name (vitkit models --pretrained), a URI (hf-hub:ORG/REPO, https://..., gs://...), or a file "
+                   "`vitkit export` wrote (.onnx: run with onnxruntime; .pt2: with torch; CPU)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image file inside); "
                    "unreadable files are skipped with one warning (and an error record with --json)")
     p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
@@ -43,11 +44,22 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
+    if str(args.checkpoint).lower().endswith((".onnx", ".pt2")):  # an exported file: names and preprocessing inside
+        from ..export import load_exported
+
+        if args.num_heads or args.pool:
+            raise UsageError(f"{args.checkpoint}: an exported file records its model; --num-heads and --pool "
+                             "are for checkpoints")
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(f"{args.checkpoint}: exported files run on the CPU here, not --device {args.device}")
+        model, device = load_exported(args.checkpoint), "cpu"
+    else:
+        model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
+        device = pick_device(args.device)
+        model.to(device)
     if model.num_classes == 0:
         raise UsageError(f"{args.checkpoint}: the model has no classifier head")
     names = model.class_names or [str(i) for i in range(model.num_classes)]
-    model.to(pick_device(args.device))
     transform = eval_transform(model.preprocessing)
 
     paths = gather_image_files(args.images, log=_warn)  # folders: their image files, other files ignored
@@ -55,7 +67,7 @@ def run(args) -> int:
     records = {path: {"image": path, "error": reason} for path, reason in unreadable}
     good = [path for path, _ in readable]
     images = [image for _, image in readable]
-    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size)):
+    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size, device)):
         records[path] = {"image": path, "predictions": [
             {"class": names[i], "index": i, "probability": p} for i, p in top]}
 
