@@ -163,6 +163,7 @@ class ShardSet:
     description: str
     val: "ShardSet | None" = None
     val_name: str = "val"
+    in_memory = False  # (as ImageSet's: streamed, decoded in the loader processes)
 
     @property
     def samples(self) -> int:

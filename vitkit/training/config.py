@@ -185,6 +185,19 @@ class TrainConfig:
                                     "many images, each this many times with different augmentations (DeiT: 3); "
                                     "an epoch then sees a share 1/this of the images", range=AT_LEAST_ONE)
 
+    # ----------------------------------------------------------------------------- scaling out (issue 17)
+    parallel: str = _f("ddp", "under torchrun: ddp (a copy of the model per process) or fsdp (FSDP2: parameters, "
+                       "gradients and optimizer state sharded; sharded checkpoints)")
+    fsdp_param_dtype: str = _f("fp32", "fsdp: dtype the gathered parameters compute in (bf16: mixed precision; "
+                               "master weights, gradient reduction and optimizer stay fp32)")
+    checkpoint_blocks: bool = _f(False, "activation checkpointing: each encoder block recomputes its activations "
+                                 "in the backward pass (less memory, about a third more compute)")
+    shard_streams: int = _f(8, "data given as tar shards: lanes the stream is cut into (fixed by the config, not "
+                            "the world size; a multiple of processes x loader workers reads no shard twice)",
+                            range=AT_LEAST_ONE)
+    shuffle_buffer: int = _f(1000, "data given as tar shards: samples shuffled together in each lane",
+                             range=AT_LEAST_ONE)
+
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
         # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike
@@ -265,6 +278,23 @@ class TrainConfig:
             fail(f"progressive_min_size must be positive, got {self.progressive_min_size}")
         if not 0 <= self.progressive_until <= 1:
             fail(f"progressive_until must be in [0, 1], got {self.progressive_until}")
+        if self.parallel not in ("ddp", "fsdp"):
+            fail(f"parallel={self.parallel!r}, expected one of ddp, fsdp")
+        if self.fsdp_param_dtype not in ("fp32", "bf16"):
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype!r}, expected one of fp32, bf16")
+        if self.fsdp_param_dtype != "fp32" and self.parallel != "fsdp":
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype} needs parallel='fsdp' (with DDP use precision='bf16')")
+        if self.parallel == "fsdp" and self.ema_decay > 0:
+            fail("ema_decay needs parallel='ddp' (the weight average of a sharded model is not implemented)")
+        from ..data.shards import is_shard_spec
+
+        if is_shard_spec(self.data):
+            for key, value, default in (("pipeline", self.pipeline, "pil"), ("val_split", self.val_split, "auto"),
+                                        ("limit_per_class", self.limit_per_class, None),
+                                        ("val_per_class", self.val_per_class, None)):
+                if value != default and not (key == "val_split" and value == "none"):
+                    fail(f"{key}={value!r} cannot be honoured with tar shards as data ({self.data}); the shards "
+                         "stream as packed (pack a subset with vitkit data pack --limit-per-class)")
         return self
 
 
