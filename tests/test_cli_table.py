@@ -126,6 +126,14 @@ TABLE = [
     (["inspect", "posemb", M, "--arrays", "nodir/x.npz"], "the folder nodir does not exist"),
     (["inspect", "posemb", "missing.safetensors"], "missing.safetensors"),
     (["inspect", "nothing", M], "invalid choice: 'nothing'"),
+    # ------------------------------------------------------------------------------------------------ data
+    (["data", "pack", "data", "-o", "nodir/shards"], "the folder nodir does not exist"),
+    (["data", "pack", "data", "-o", "busy"], "busy: already exists"),
+    (["data", "pack", "data", "-o", "shards", "--shard-size", "0"], "--shard-size: must be >= 1, got 0"),
+    (["data", "pack", "data", "-o", "shards", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    (["data", "pack", "one", "-o", "shards"], "only 1 class"),
+    (["data", "pack", "missing", "-o", "shards"], "--data missing: no such folder"),
+    (["data", "pack", "data"], "-o/--output is required"),
     # ----------------------------------------------------------------------------------------------- bench
     (["bench", "--repeats", "0"], "--repeats: must be >= 1, got 0"),
     (["bench", "--device", "gpu"], GPU_WORDS),
@@ -238,7 +246,7 @@ def test_the_runner_reports_tracebacks_and_touched_files(tmp_path):
     assert result["code"] == 0 and result["changed"] == ["copy.safetensors"], result
 
 
-@pytest.mark.parametrize("command", ["models", "download", "convert", "export", "train", "finetune", "eval",
+@pytest.mark.parametrize("command", ["models", "download", "data pack", "convert", "export", "train", "finetune", "eval",
                                      "predict", "inspect attention", "inspect distance", "inspect posemb",
                                      "inspect filters", "bench"])
 def test_help_follows_the_convention(command, capsys):
@@ -253,7 +261,7 @@ def test_help_follows_the_convention(command, capsys):
     wanted = ["-q, --quiet"]
     if takes_model:
         wanted += ["MODEL", "a run folder (runs/NAME: its final model)", "a pre-trained name"]
-    if command in ("convert", "export", "eval", "bench") or command.startswith("inspect"):
+    if command in ("convert", "export", "eval", "bench", "data pack") or command.startswith("inspect"):
         wanted.append("-o PATH, --output PATH")
     if command not in ("train", "finetune"):
         wanted.append("--json")

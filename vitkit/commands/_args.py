@@ -59,12 +59,13 @@ MODEL_HELP = ("a checkpoint file (.safetensors, Google .npz, timm/torchvision .p
 THREADS = number(int, COUNT)  # the same range as train's --threads: 0 leaves PyTorch's choice
 
 
-def add_model(p, alias: str | None = None) -> None:
-    """MODEL, the first positional argument. `alias`: an older flag spelling (eval's --checkpoint) kept working."""
+def add_model(p, alias: str | None = None, extra: str = "") -> None:
+    """MODEL, the first positional argument. `alias`: an older flag spelling (eval's --checkpoint) kept working;
+    `extra`: what else this command takes as MODEL."""
     if alias is None:
-        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP + extra)
         return
-    p.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP)
+    p.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + extra)
     p.add_argument(alias, dest="model_flag", metavar="MODEL", help=argparse.SUPPRESS)
     p.set_defaults(model_alias=alias)
 

@@ -42,8 +42,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import load
-    from ..export import export_onnx, save_program
-    from ..hub.resolve import model_source
+    from ..export import export_onnx, save_program, source_sha256
+    from ..hub.resolve import model_source, resolve_source
     from ._outputs import check_file_target, check_source, export_format
 
     check_source(args.model)
@@ -54,9 +54,11 @@ def run(args) -> int:
         fmt = args.format or "onnx"
         output = default_output(args.model, fmt)
     check_file_target(output, args.force)
-    model = load(model_source(args.model), num_heads=args.num_heads)
+    source = model_source(args.model)
+    model = load(source, num_heads=args.num_heads)
     check_file_target(output, args.force)  # again: loading (a download, say) takes time
-    dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size)
+    dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size,
+                   source_sha256=source_sha256(resolve_source(source)[0]))  # a name or URI: its cached file
     if fmt == "onnx":
         result = export_onnx(model, output, opset=args.opset, check=args.check, tolerance=TOLERANCE, **dynamic)
     else:
@@ -70,6 +72,8 @@ def run(args) -> int:
     sizes = "dynamic" if dynamic["dynamic_image_size"] else "x".join(map(str, c.image_size))
     say(f"wrote {result['path']} ({fmt}): input images (batch: "
         f"{'dynamic' if dynamic['dynamic_batch'] else 2}, {c.in_channels}, size: {sizes}), output logits")
+    say(f"  metadata: {len(model.class_names or [])} class names, preprocessing, config, vitkit "
+        f"{result['metadata']['vitkit.version']}, source SHA-256 {result['metadata']['vitkit.source_sha256'][:16]}...")
     for check in result["checks"]:  # all within TOLERANCE: export_onnx writes nothing otherwise
         say(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
             f"max |diff| {check['max_abs_diff']:.1e}")

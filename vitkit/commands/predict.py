@@ -15,7 +15,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint: top-k class names and probabilities",
                        description="Classify images with any checkpoint vitkit reads; the class names and the "
                        "preprocessing come from the checkpoint (indices where it has no names).")
-    _args.add_model(p)
+    _args.add_model(p, extra="; or a file `vitkit export` wrote (.onnx: run with onnxruntime; .pt2: with torch; CPU)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image file inside); "
                    "unreadable files are skipped with one warning (and an error record with --json)")
     p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
@@ -40,11 +40,22 @@ def run(args) -> int:
     from ..hub.resolve import model_source
     from ..training.distributed import pick_device
 
-    model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
+    if str(args.model).lower().endswith((".onnx", ".pt2")):  # an exported file: names and preprocessing inside
+        from ..export import load_exported
+
+        if args.num_heads or args.pool:
+            raise UsageError(f"{args.model}: an exported file records its model; --num-heads and --pool "
+                             "are for checkpoints")
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(f"{args.model}: exported files run on the CPU here, not --device {args.device}")
+        model, device = load_exported(args.model), "cpu"
+    else:
+        model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
+        device = pick_device(args.device)
+        model.to(device)
     if model.num_classes == 0:
         raise UsageError(f"{args.model}: the model has no classifier head")
     names = model.class_names or [str(i) for i in range(model.num_classes)]
-    model.to(pick_device(args.device))
     transform = eval_transform(model.preprocessing)
 
     paths = gather_image_files(args.images, log=_warn)  # folders: their image files, other files ignored
@@ -52,7 +63,7 @@ def run(args) -> int:
     records = {path: {"image": path, "error": reason} for path, reason in unreadable}
     good = [path for path, _ in readable]
     images = [image for _, image in readable]
-    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size)):
+    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size, device)):
         records[path] = {"image": path, "predictions": [
             {"class": names[i], "index": i, "probability": p} for i, p in top]}
 

@@ -9,6 +9,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from ..configs import Preprocessing
+from .erasing import RandomErasing
 
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -63,9 +64,9 @@ def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
 
 def train_transform(preprocessing: Preprocessing, *, crop: str = "inception", crop_min_area: float = 0.05,
                     crop_padding: int = 4, hflip: bool = True, randaugment_ops: int = 0,
-                    randaugment_magnitude: int = 9) -> v2.Compose:
+                    randaugment_magnitude: int = 9, random_erasing: float = 0.0) -> v2.Compose:
     """The training augmentation: a crop (the Inception crop: a random area of 5-100% and aspect 3/4-4/3,
-    resized), horizontal flips, RandAugment, then the model's normalisation."""
+    resized), horizontal flips, RandAugment, the model's normalisation, then random erasing."""
     p = preprocessing
     size = tuple(p.image_size)
     mode = interpolation_mode(p.interpolation)
@@ -82,4 +83,5 @@ def train_transform(preprocessing: Preprocessing, *, crop: str = "inception", cr
         ops.append(v2.RandomHorizontalFlip())
     if randaugment_ops > 0:
         ops.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, interpolation=mode))
-    return v2.Compose(ops + _to_tensor(p.mean, p.std))
+    erase = [RandomErasing(random_erasing)] if random_erasing > 0 else []
+    return v2.Compose(ops + _to_tensor(p.mean, p.std) + erase)

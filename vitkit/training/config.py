@@ -95,8 +95,8 @@ class TrainConfig:
     cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)", range=NON_NEGATIVE)
     mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on", range=SHARE)
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", range=RATE)
-    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise "
-                               "(pipeline tensor only)", range=SHARE)
+    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise (2% "
+                               "to 1/3 of the area, as timm)", range=SHARE)
 
     # -------------------------------------------------------------------------------------- optimisation
     optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
@@ -162,6 +162,17 @@ class TrainConfig:
     progress: bool = _f(True, "show progress bars")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
+    # ------------------------------------------------------------------- fidelity to the papers (issue 19)
+    ema_warmup: bool = _f(False, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the n updates "
+                          "so far (off: ema_decay from the first update, as the paper's code)")
+    crop_pct: float | None = _f(None, "evaluation: resize the shorter side to image_size / crop_pct, then take the "
+                                "central image_size crop (DeiT, AugReg: 0.875, 256 -> 224); 1: resize to image_size; "
+                                "default: the checkpoint's, else 1; stored with the model",
+                                range=Range(0, 1, lo_open=True))
+    representation_size: int | None = _f(None, "a pre-training head with one hidden layer of this width (Dense + "
+                                         "tanh, the paper's pre-logits, Section 3.1); fine-tuning drops it",
+                                         range=AT_LEAST_ONE)
+
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
         # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike
@@ -224,8 +235,6 @@ class TrainConfig:
             fail(f"pipeline={self.pipeline!r}, expected one of pil, tensor")
         if not 0 <= self.random_erasing <= 1:
             fail(f"random_erasing must be in [0, 1], got {self.random_erasing}")
-        if self.random_erasing > 0 and self.pipeline != "tensor":
-            fail("random_erasing needs pipeline='tensor'")
         if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):
@@ -238,7 +247,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb")
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size")
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -398,6 +407,8 @@ def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None =
 def smoke(config: TrainConfig) -> TrainConfig:
     """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
     architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
+    if config.representation_size and not config.init_from:
+        architecture["representation_size"] = 32
     return config.replace(
         steps=4, epochs=None, batch_size=8, accum_steps=min(config.accum_steps, 2), warmup_steps=1,
         image_size=16, eval_every=-1, checkpoint_every=0,
