@@ -509,6 +509,9 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
         group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
                            default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
+        if hint is bool:  # --progress / --no-progress, as the other commands spell a switch
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=f"cfg_{name}", action="store_const",
+                               const="false", default=argparse.SUPPRESS, help=f"the same as --{name.replace('_', '-')} false")
 
 
 def overrides_from_args(args) -> dict[str, Any]:
