@@ -1,6 +1,8 @@
-"""`vitkit export CKPT --format onnx`: an ONNX file (checked with onnxruntime) or a torch.export program."""
+"""`vitkit export MODEL -o model.onnx`: an ONNX file (checked with onnxruntime) or a torch.export program."""
 
 from __future__ import annotations
+
+from . import _args
 
 ORDER = 55
 TOLERANCE = 1e-4  # relative error the onnxruntime check accepts
@@ -14,16 +16,16 @@ def register(sub) -> None:
         f"image sizes and compared with PyTorch; a relative error above {TOLERANCE:g} fails the command and "
         "writes nothing. The format is the output's suffix (.onnx or .pt2); an existing file is replaced only with "
         "--force, and missing parent folders are not created.")
-    p.add_argument("checkpoint", help="checkpoint file, run folder, Hugging Face folder or pre-trained name")
-    p.add_argument("-o", "--output", help="file to write, .onnx or .pt2 (default: beside the checkpoint, its name "
-                   "with the format's suffix; in the current folder for a pre-trained name)")
+    _args.add_model(p)
+    _args.add_output(p, "the file to write, .onnx or .pt2 (default: beside the model, its name with the format's "
+                     "suffix; in the current folder for a pre-trained name)")
     p.add_argument("--format", choices=("onnx", "pt2"),
                    help="onnx (default) or pt2 (a torch.export program: torch.export.load(path).module()); "
                    "with -o, the suffix decides and a contradicting --format is refused")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 2 instead of dynamic")
     p.add_argument("--static-size", action="store_true", help="fix the image size to the model's")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=_opset, metavar="N", help=f"ONNX opset, {OPSETS.text()} (default: the exporter's)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
     p.add_argument("--int8", choices=("static", "dynamic"),
                    help="ONNX only: quantise the checked float32 file with onnxruntime: static (QDQ, activations "
@@ -31,10 +33,17 @@ def register(sub) -> None:
                    "dynamic (int8 weights, activations measured per call)")
     p.add_argument("--calibration", metavar="DATA", help="with --int8 static: images to calibrate on (any data "
                    "`vitkit train --data` takes; drawn from its training split)")
-    p.add_argument("--calibration-images", type=int, default=256, metavar="N",
+    p.add_argument("--calibration-images", type=_args.positive_int, default=256, metavar="N",
                    help="with --int8 static: images drawn, seeded (default 256)")
-    p.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
+    p.add_argument("--num-heads", type=_args.positive_int,
+                   help="heads, for timm files and bare HF weights that do not record them")
+    _args.add_json(p, "print what was written (and the onnxruntime checks) as JSON on stdout")
+    _args.add_runtime(p, device=False, progress=False)
     p.set_defaults(func=run)
+
+
+OPSETS = _args.Range(18, 23, integer=True)  # torch.onnx's dynamo exporter: 18 and up (torch 2.14 writes up to 23)
+_opset = _args.number(int, OPSETS)
 
 
 def run(args) -> int:
@@ -46,7 +55,7 @@ def run(args) -> int:
     from ..errors import UsageError
     from ._outputs import check_file_target, check_source, export_format
 
-    check_source(args.checkpoint)
+    check_source(args.model)
     if args.int8 and (args.format == "pt2" or (args.output and str(args.output).lower().endswith(".pt2"))):
         raise UsageError("--int8 quantises ONNX files; a .pt2 program is float32")
     if (args.int8 == "static") != (args.calibration is not None):
@@ -57,9 +66,9 @@ def run(args) -> int:
         fmt = export_format(output, args.format)
     else:
         fmt = args.format or "onnx"
-        output = default_output(args.checkpoint, fmt)
+        output = default_output(args.model, fmt)
     check_file_target(output, args.force)
-    source = model_source(args.checkpoint)
+    source = model_source(args.model)
     model = load(source, num_heads=args.num_heads)
     check_file_target(output, args.force)  # again: loading (a download, say) takes time
     dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size,
@@ -71,14 +80,23 @@ def run(args) -> int:
     else:
         result = save_program(model, output, **dynamic)
     c = model.config
+    if args.json:
+        import json
+
+        print(json.dumps({"model": str(args.model), **result}, indent=2))
+    say = _args.status(args)
     sizes = "dynamic" if dynamic["dynamic_image_size"] else "x".join(map(str, c.image_size))
-    print(f"wrote {result['path']} ({fmt}, {result['metadata']['vitkit.precision']}): input images (batch: "
-          f"{'dynamic' if dynamic['dynamic_batch'] else 2}, {c.in_channels}, size: {sizes}), output logits")
-    print(f"  metadata: {len(model.class_names or [])} class names, preprocessing, config, vitkit "
-          f"{result['metadata']['vitkit.version']}, source SHA-256 {result['metadata']['vitkit.source_sha256'][:16]}...")
+    say(f"wrote {result['path']} ({fmt}, {result['metadata']['vitkit.precision']}): input images (batch: "
+        f"{'dynamic' if dynamic['dynamic_batch'] else 2}, {c.in_channels}, size: {sizes}), output logits")
+    say(f"  metadata: {len(model.class_names or [])} class names, preprocessing, config, vitkit "
+        f"{result['metadata']['vitkit.version']}, source SHA-256 {result['metadata']['vitkit.source_sha256'][:16]}...")
     for check in result["checks"]:  # all within TOLERANCE: export_onnx writes nothing otherwise
-        print(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
-              f"max |diff| {check['max_abs_diff']:.1e}")
+        say(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
+            f"max |diff| {check['max_abs_diff']:.1e}")
+    if "int8_check" in result:
+        check = result["int8_check"]
+        say(f"  int8 file vs PyTorch float32 on {check['images']}: relative error {check['rel_err']:.1e}, top-1 "
+            f"agreement {100 * check['top1_agreement']:.0f}%")
     return 0
 
 
@@ -88,7 +106,7 @@ def _export_int8(model, output, args, dynamic: dict) -> dict:
     import tempfile
     from pathlib import Path
 
-    from ..export import check_onnx, check_shapes, export_onnx
+    from ..export import export_onnx
     from ..quantize import calibration_batches, quantize_onnx_dynamic, quantize_onnx_static
 
     calibration = None
@@ -116,10 +134,9 @@ def _export_int8(model, output, args, dynamic: dict) -> dict:
         with torch.no_grad(), plain_path():
             want = model.float()(images)
         got = exported(images)
-        agree = float((got.argmax(1) == want.argmax(1)).float().mean())
-        print(f"  int8 file vs PyTorch float32 on {len(images)} {'calibration' if calibration else 'random'} "
-              f"images: relative error {float((got - want).norm() / want.norm()):.1e}, top-1 agreement "
-              f"{100 * agree:.0f}%")
+        result["int8_check"] = {"images": f"{len(images)} {'calibration' if calibration else 'random'} images",
+                                "rel_err": float((got - want).norm() / want.norm()),
+                                "top1_agreement": float((got.argmax(1) == want.argmax(1)).float().mean())}
     return result
 
 

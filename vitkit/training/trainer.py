@@ -4,10 +4,13 @@
     torchrun --standalone --nproc-per-node 2 -m vitkit train   # several: each rank runs this same function
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, step) (see `vitkit.data.loader`), and the random state of each step (dropout, stochastic depth, Mixup)
-is seeded from (seed, step, rank). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
-the EMA and the step to continue exactly where the uninterrupted run would have been; the global random states
-are saved and restored as well, for code that uses them outside the loop.
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
+step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
+torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
+than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
+the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
+random states are saved and restored as well, for code that uses them outside the loop.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from . import distributed, faults
 from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
                          write_checkpoint)
 from .config import ARCHITECTURE_FIELDS, TrainConfig
-from .mixing import mix_batch
+from .mixing import mix_shard
+from .parallel import (ParallelConfig, gradient_sync, is_sharded_checkpoint, load_sharded_checkpoint, local_tensor,
+                       unsharded_copy, wrap_model, write_sharded_checkpoint)
+from .streaming import ShardData, is_shard_spec, lockstep
 from .optim import EMA, build_optimizer
 from .schedule import Schedule, TrainClock
 
@@ -126,15 +132,15 @@ def describe(config) -> str:
 
 
 def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
-    """What the checkpoint will record: the input size, and mean/std/interpolation from the config, else the
-    initial checkpoint's, else the paper's [-1, 1] scaling."""
+    """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
+    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
     base = model.preprocessing if config.init_from else Preprocessing()
     return Preprocessing(
         image_size=model.config.image_size,
         mean=tuple(config.mean) if config.mean is not None else base.mean,
         std=tuple(config.std) if config.std is not None else base.std,
         interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
-        crop_pct=base.crop_pct if config.init_from else 1.0,
+        crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
     )
 
 
@@ -330,17 +336,29 @@ class _Run:
             torch.set_num_threads(c.threads)
 
         # data
-        splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
-                           val_fraction=c.val_fraction, val_per_class=c.val_per_class, split_seed=c.split_seed,
-                           limit_per_class=c.limit_per_class, max_bad_fraction=c.max_bad_fraction,
-                           cache=c.cache_images, log=self.say, progress=c.progress and self.main, min_classes=2)
+        shard_data = None
+        if is_shard_spec(c.data):  # tar shards, streamed (the same fields as DataSplits)
+            splits = shard_data = ShardData(c, info, self.say)
+        else:
+            splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
+                               val_fraction=c.val_fraction, val_per_class=c.val_per_class,
+                               split_seed=c.split_seed, limit_per_class=c.limit_per_class,
+                               max_bad_fraction=c.max_bad_fraction, cache=c.cache_images, log=self.say,
+                               progress=c.progress and self.main, min_classes=2)
         classes, train_set, val_set = splits.classes, splits.train, splits.val
         if c.num_classes is not None and c.num_classes < len(classes):
             raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(classes)} classes of the data")
         num_classes = c.num_classes or len(classes)
 
         # model
-        if resume_ckpt is not None:
+        sharded = c.parallel == "fsdp"  # checkpoints by torch.distributed.checkpoint, on any number of ranks
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path):
+            from ..configs import Preprocessing, ViTConfig
+            from ..models import create_model
+
+            model = create_model(ViTConfig.from_dict(resume_ckpt.state["model_config"]))  # weights: below
+            model.preprocessing = Preprocessing.from_dict(resume_ckpt.state["preprocessing"])
+        elif resume_ckpt is not None:
             from ..checkpoints import load
 
             model = load(resume_ckpt.path / WEIGHTS, **runtime_settings(c))
@@ -355,7 +373,15 @@ class _Run:
         device = info.device
         if c.precision == "fp16" and device.type != "cuda":
             raise UsageError("--precision fp16 needs a GPU (it uses a grad scaler); on CPU use bf16")
+        if c.precision == "fp16" and sharded:
+            raise UsageError("--precision fp16 with --parallel fsdp is not supported; use --fsdp-param-dtype bf16")
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path) != sharded:
+            raise UsageError(f"--resume {resume_ckpt.path}: a {'sharded' if not sharded else 'DDP'} checkpoint; "
+                             f"resume it with --parallel {'fsdp' if not sharded else 'ddp'}")
         model.to(device)
+        # the model that trains: itself, DDP around it, or sharded in place by FSDP (before the optimizer sees it)
+        ema_model = copy.deepcopy(model).eval() if c.ema_decay > 0 else None
+        train_model = wrap_model(model, ParallelConfig(c.parallel, c.fsdp_param_dtype, c.checkpoint_blocks), info)
 
         # steps
         global_batch = c.batch_size
@@ -373,13 +399,16 @@ class _Run:
         # optimizer, scaler, EMA, and the resumed state
         optimizer = build_optimizer(model, c)
         scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
-        ema = EMA(model, c.ema_decay) if c.ema_decay > 0 else None
+        ema = EMA(model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
         start_step = 0
         if resume_ckpt is not None:
             state = resume_ckpt.state
             try:
                 settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-                optimizer.load_state_dict(state["optimizer"])
+                if sharded:
+                    load_sharded_checkpoint(resume_ckpt.path, model, optimizer)
+                else:
+                    optimizer.load_state_dict(state["optimizer"])
                 for group, own in zip(optimizer.param_groups, settings):
                     group.update(own)  # betas, weight decay, ...: this run's config, not whatever the file says
                 check_optimizer_state(optimizer)
@@ -437,31 +466,31 @@ class _Run:
 
         # loaders
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
-                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude)
+                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
+                        random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
+                        randaugment_magnitude_std=c.randaugment_magnitude_std,
+                        randaugment_increasing=c.randaugment_increasing)
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
-                                   start_step, end_step)
+                                   start_step, end_step, repeats=c.repeated_augmentation)
         train_data = TransformedImages(train_set, train_transform(model.preprocessing, **augment))
         val_batches = None
-        if val_set is not None:
+        if shard_data is not None and val_set is not None:
+            eval_batch = c.eval_batch_size or max(global_batch // c.accum_steps // info.world_size, 1)
+            val_batches = shard_data.eval_batches(eval_transform(model.preprocessing), eval_batch,
+                                                  auto_workers(val_set, c.num_workers, info.world_size), pin)
+        elif val_set is not None:
             eval_batch = c.eval_batch_size or max(global_batch // c.accum_steps // info.world_size, 1)
             val_data = TransformedImages(val_set, eval_transform(model.preprocessing))
             val_workers = auto_workers(val_set, -1 if val_set.in_memory else c.num_workers, info.world_size)
             val_batches = eval_loader(val_data, eval_batch, val_workers,
                                       info.rank, info.world_size, pin)
 
-        # the model that trains: DDP, then compile
-        train_model = model
-        ddp = None
-        if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            train_model = ddp
+        # then compile
+        synced_model = train_model  # what no_sync / set_requires_gradient_sync is called on
         if c.compile:
             train_model = torch.compile(train_model, backend=c.compile_backend)
-        ema_model = copy.deepcopy(model).eval() if ema is not None else None
 
         parameters = sum(p.numel() for p in model.parameters())
         self.say(f"training {describe(model.config)} ({parameters:,} parameters, {num_classes} classes) on "
@@ -484,7 +513,11 @@ class _Run:
                     continue
                 if weights == "ema":
                     ema.copy_to(ema_model)
-                counts = evaluate(net, val_batches, num_classes, device, c.precision,
+                batches = val_batches
+                if sharded:  # every rank runs as many forward passes as the others
+                    example = torch.zeros(1, model.config.in_channels, *model.config.image_size)
+                    batches = lockstep(val_batches, net, info, example)
+                counts = evaluate(net, batches, num_classes, device, c.precision,
                                   progress=c.progress and self.main and len(val_batches) >= 20,
                                   desc=f"eval {splits.val_name}",
                                   total=len(val_batches))
@@ -505,6 +538,23 @@ class _Run:
                     if last_saved["path"] is not None else "no checkpoint had been written")
 
         def save(step: int) -> None:
+            if sharded:  # every rank writes its shard
+                state = {"rng": rng_state(), "config": resolved.to_json(), "world_size": info.world_size,
+                         "total_steps": total, "model_config": model.config.to_dict(),
+                         "preprocessing": model.preprocessing.to_dict(),
+                         "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch},
+                         "train_seconds": clock.seconds()}
+                try:
+                    path = write_sharded_checkpoint(run_dir, step, model, optimizer, state, info,
+                                                    keep=c.keep_checkpoints)
+                except (OSError, RuntimeError) as e:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    bar.close()
+                    raise TrainingError(f"could not write the checkpoint of step {step} ({reason}); training "
+                                        f"stopped and {last_good()}. Make room and continue with: vitkit train "
+                                        f"--resume {run_dir}") from None
+                last_saved.update(step=step, path=path)
+                return
             if self.main:
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                          "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
@@ -530,7 +580,9 @@ class _Run:
         bar = tqdm(total=total, initial=start_step, desc=f"train {run_dir.name}", unit="step",
                    disable=not (c.progress and self.main), dynamic_ncols=True, smoothing=0.05)
         model.train()
-        if c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
+        if shard_data is not None:  # streamed from tar shards, from position start_step x batch_size
+            batches = iter(shard_data.train_batches(train_data.transform, start_step, workers, pin))
+        elif c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
             tensor_augment = TensorAugment(model.preprocessing.mean, model.preprocessing.std, crop=c.crop,
                                            crop_min_area=c.crop_min_area, crop_padding=c.crop_padding,
                                            hflip=c.hflip, random_erasing=c.random_erasing)
@@ -620,12 +672,11 @@ class _Run:
                     labels = labels.to(device, non_blocking=True)
                     if resize_inputs:  # progressive resolution; the tensor path's images at the model's size
                         images = resize_batch(images, plan.image_size)
-                    images, targets = mix_batch(images, labels, num_classes, mixup_alpha=c.mixup_alpha,
+                    images, targets = mix_shard(images, labels, num_classes, rank=info.rank,
+                                                world_size=info.world_size, mixup_alpha=c.mixup_alpha,
                                                 cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
-                                                smoothing=c.label_smoothing,
-                                                seed=mix_seed(c.seed, step, micro, info.rank, 0x313))
-                    sync = ddp.no_sync() if ddp is not None and micro < c.accum_steps - 1 else contextlib.nullcontext()
-                    with sync:
+                                                smoothing=c.label_smoothing, seed=mix_seed(c.seed, step, micro, 0x313))
+                    with gradient_sync(synced_model, micro == c.accum_steps - 1):
                         with autocast(device, c.precision):
                             logits = train_model(images)
                         loss = F.cross_entropy(logits.float(), targets)
@@ -642,10 +693,10 @@ class _Run:
                 faults.hit("step.after_backward", step + 1)
                 if c.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                    grad_norm = local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip))
                 elif not scaler.is_enabled():
-                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                               if p.grad is not None])
+                    grad_norm = local_tensor(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                                            if p.grad is not None]))
                 step_loss = (step_loss / c.accum_steps).double()
                 finite = torch.isfinite(step_loss)
                 if not scaler.is_enabled():  # (a grad scaler skips steps with non-finite gradients itself)
@@ -719,6 +770,10 @@ class _Run:
 
         finished = end_step == total or out_of_time
         seconds = time.time() - started
+        if shard_data is not None:  # broken samples met by every rank
+            shard_data.gather_bad_files(run_dir / BAD_FILES)
+        if sharded and finished:  # the whole model, gathered on rank 0 (every rank takes part; None elsewhere)
+            model = unsharded_copy(model, info)
         if self.main and finished:
             from ..checkpoints import save as save_model
 
@@ -757,7 +812,7 @@ class _Run:
                      f"vitkit train --resume {run_dir}")
         return TrainResult(run_dir=run_dir, step=end_step, total_steps=total, finished=finished, seconds=seconds,
                            val_name=splits.val_name, final=final, final_ema=final_ema,
-                           bad_files=splits.bad_files, model=model.cpu())
+                           bad_files=splits.bad_files, model=model.cpu() if model is not None else None)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
