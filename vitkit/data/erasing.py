@@ -13,18 +13,21 @@ import math
 
 import torch
 
+from .draws import draws_for
+
 MIN_AREA, MAX_AREA = 0.02, 1 / 3  # shares of the image (timm's RandomErasing defaults)
 MIN_ASPECT = 0.3  # height / width from 0.3 to 1 / 0.3
 ATTEMPTS = 10
 
 
-def erase_boxes(x: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def erase_boxes(x: torch.Tensor, probability: float, generator=None) -> torch.Tensor:
     """(B, C, H, W) normalised float images -> the same with one noise box in each image chosen with
-    `probability`."""
+    `probability`. `generator`: a torch generator, None (the global one) or per-image draws (`data.draws`)."""
     B, C, H, W = x.shape
-    chosen = torch.rand(B, generator=generator) < probability
-    area = (MIN_AREA + (MAX_AREA - MIN_AREA) * torch.rand(B, ATTEMPTS, generator=generator)) * (H * W)
-    log_aspect = math.log(MIN_ASPECT) + (-2 * math.log(MIN_ASPECT)) * torch.rand(B, ATTEMPTS, generator=generator)
+    draws = draws_for(B, generator)
+    chosen = draws.rand() < probability
+    area = (MIN_AREA + (MAX_AREA - MIN_AREA) * draws.rand(ATTEMPTS)) * (H * W)
+    log_aspect = math.log(MIN_ASPECT) + (-2 * math.log(MIN_ASPECT)) * draws.rand(ATTEMPTS)
     aspect = log_aspect.exp()
     h = (area * aspect).sqrt().round().long()  # (B, ATTEMPTS)
     w = (area / aspect).sqrt().round().long()
@@ -33,14 +36,14 @@ def erase_boxes(x: torch.Tensor, probability: float, generator: torch.Generator 
     chosen = chosen & fits.any(dim=1)
     h = h.gather(1, first[:, None]).squeeze(1)
     w = w.gather(1, first[:, None]).squeeze(1)
-    top = (torch.rand(B, generator=generator) * (H - h + 1)).long()  # uniform in 0 .. H - h
-    left = (torch.rand(B, generator=generator) * (W - w + 1)).long()
+    top = (draws.rand() * (H - h + 1)).long()  # uniform in 0 .. H - h
+    left = (draws.rand() * (W - w + 1)).long()
     rows = torch.arange(H)[None, :]
     cols = torch.arange(W)[None, :]
     inside_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # (B, H)
     inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # (B, W)
     box = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None])[:, None]  # (B, 1, H, W)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    noise = draws.randn(C, H, W).to(x.dtype)
     return torch.where(box.to(x.device), noise.to(x.device), x)
 
 

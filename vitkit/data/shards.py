@@ -118,7 +118,7 @@ def pack_shards(src: str, out: str | os.PathLike, shard_size: int = 1000, *, see
     out = Path(out)
     if out.exists():
         raise UsageError(f"{out}: already exists; pack into a new folder (or remove it first)")
-    splits = open_data(src, val_split=val_split, val_fraction=val_fraction, split_seed=split_seed,
+    splits = open_data(src, min_classes=2, val_split=val_split, val_fraction=val_fraction, split_seed=split_seed,
                        max_bad_fraction=max_bad_fraction, limit_per_class=limit_per_class, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

@@ -4,10 +4,13 @@
     torchrun --standalone --nproc-per-node 2 -m vitkit train   # several: each rank runs this same function
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, step) (see `vitkit.data.loader`), and the random state of each step (dropout, stochastic depth, Mixup)
-is seeded from (seed, step, rank). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
-the EMA and the step to continue exactly where the uninterrupted run would have been; the global random states
-are saved and restored as well, for code that uses them outside the loop.
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
+step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
+torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
+than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
+the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
+random states are saved and restored as well, for code that uses them outside the loop.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from . import distributed, faults
 from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
                          write_checkpoint)
 from .config import ARCHITECTURE_FIELDS, TrainConfig
-from .mixing import mix_batch
+from .mixing import mix_shard
 from .parallel import (ParallelConfig, gradient_sync, is_sharded_checkpoint, load_sharded_checkpoint, local_tensor,
                        unsharded_copy, wrap_model, write_sharded_checkpoint)
 from .streaming import ShardData, is_shard_spec, lockstep
@@ -129,15 +132,15 @@ def describe(config) -> str:
 
 
 def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
-    """What the checkpoint will record: the input size, and mean/std/interpolation from the config, else the
-    initial checkpoint's, else the paper's [-1, 1] scaling."""
+    """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
+    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
     base = model.preprocessing if config.init_from else Preprocessing()
     return Preprocessing(
         image_size=model.config.image_size,
         mean=tuple(config.mean) if config.mean is not None else base.mean,
         std=tuple(config.std) if config.std is not None else base.std,
         interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
-        crop_pct=base.crop_pct if config.init_from else 1.0,
+        crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
     )
 
 
@@ -464,11 +467,13 @@ class _Run:
         # loaders
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
                         randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
-                        random_erasing=c.random_erasing)
+                        random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
+                        randaugment_magnitude_std=c.randaugment_magnitude_std,
+                        randaugment_increasing=c.randaugment_increasing)
         workers = auto_workers(train_set, c.num_workers, info.world_size)
         pin = device.type == "cuda"
         sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
-                                   start_step, end_step)
+                                   start_step, end_step, repeats=c.repeated_augmentation)
         train_data = TransformedImages(train_set, train_transform(model.preprocessing, **augment))
         val_batches = None
         if shard_data is not None and val_set is not None:
@@ -667,10 +672,10 @@ class _Run:
                     labels = labels.to(device, non_blocking=True)
                     if resize_inputs:  # progressive resolution; the tensor path's images at the model's size
                         images = resize_batch(images, plan.image_size)
-                    images, targets = mix_batch(images, labels, num_classes, mixup_alpha=c.mixup_alpha,
+                    images, targets = mix_shard(images, labels, num_classes, rank=info.rank,
+                                                world_size=info.world_size, mixup_alpha=c.mixup_alpha,
                                                 cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
-                                                smoothing=c.label_smoothing,
-                                                seed=mix_seed(c.seed, step, micro, info.rank, 0x313))
+                                                smoothing=c.label_smoothing, seed=mix_seed(c.seed, step, micro, 0x313))
                     with gradient_sync(synced_model, micro == c.accum_steps - 1):
                         with autocast(device, c.precision):
                             logits = train_model(images)
