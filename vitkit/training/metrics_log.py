@@ -69,7 +69,8 @@ class MetricsLogger:
             except ImportError:
                 raise UsageError("--log tensorboard needs the tensorboard package (pip install tensorboard)") \
                     from None
-            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=keep_through_step)
+            purge = None if keep_through_step is None else keep_through_step + (0 if redo_evals else 1)
+            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=purge)  # events past the cut
         if "wandb" in loggers:
             try:
                 import wandb
