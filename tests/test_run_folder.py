@@ -140,3 +140,23 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_ends_identical(tmp_path):
     got, _ = read_safetensors(run / run_folder.WEIGHTS)
     want, _ = read_safetensors(tmp_path / "full" / run_folder.WEIGHTS)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_budget_run_killed_before_its_final_weights_is_finished_by_resume(tmp_path):
+    """Issue 19, bug 2: the last checkpoint of a time-budget run records the whole budget; killed between it and
+    model.safetensors, `--resume` finishes the run (final evaluation and weights) instead of refusing it."""
+    from reliability_helpers import killed_at
+
+    argv = train_argv(tmp_path, "budget", "--steps", "100000", "--budget-minutes", "0.003", "--checkpoint-every", "0")
+    killed_at(argv, tmp_path / "killed.log", "final.weights")
+    run = tmp_path / "budget"
+    (step, _), = ckpt.list_checkpoints(run)
+    assert 0 < step < 100000 and not (run / run_folder.WEIGHTS).exists()
+    resumed = finished(["train", "--resume", run, "--progress", "false"], tmp_path / "resumed.log")
+    assert resumed.wait() == 0, resumed.output
+    assert f"resuming {run} from step {step}" in resumed.output and "trained 0 steps" in resumed.output
+    summary = json.loads((run / run_folder.METRICS).read_text().splitlines()[-1])
+    assert summary["kind"] == "summary" and summary["finished"] and summary["step"] == step
+    assert (run / run_folder.WEIGHTS).is_file()
+    again = finished(["train", "--resume", run, "--progress", "false"], tmp_path / "again.log")
+    assert again.wait() == 2 and "already spent its budget" in again.output
