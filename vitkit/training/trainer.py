@@ -42,6 +42,7 @@ from .checkpointer import Checkpointer, CheckpointWriteError
 from .config import TrainConfig
 from .errors import TrainingError, TrainingInterrupted
 from .evaluator import Evaluator
+from .holdout import write_split
 from .interrupt import catch_interrupt
 from .metrics_log import MetricsLogger, parse_loggers
 from .optim import EMA, build_optimizer
@@ -394,6 +395,7 @@ class _Run:
                 "device": str(info.device), "parameters": count_parameters(model), "model": model.config.to_dict(),
                 "preprocessing": model.preprocessing.to_dict(), "torch": torch.__version__, "command": sys.argv,
             }, indent=2) + "\n")
+            write_split(run_dir, c, self.splits)  # the evaluation split as a fact, for vitkit eval
             if self.splits.bad_files:
                 atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in self.splits.bad_files))
         resumed = resume_ckpt is not None
