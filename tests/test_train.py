@@ -313,7 +313,7 @@ def test_learning_rate_schedules():
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)
     assert lr[55] == pytest.approx(0.5, abs=0.02) and lr[-1] < 0.001
     assert all(a >= b for a, b in zip(lr[9:], lr[10:]))
-    linear = [learning_rate(s, 100, 1.0, 0, "linear", end=0.1) for s in (0, 50, 100)]
+    linear = [learning_rate(s, 101, 1.0, 0, "linear", end=0.1) for s in (0, 50, 100)]  # 100: the last step run
     assert linear == pytest.approx([1.0, 0.55, 0.1])
     assert learning_rate(70, 100, 2.0, 10, "constant") == 2.0
 

@@ -1,6 +1,8 @@
-"""`vitkit export CKPT --format onnx`: an ONNX file (checked with onnxruntime) or a torch.export program."""
+"""`vitkit export MODEL -o model.onnx`: an ONNX file (checked with onnxruntime) or a torch.export program."""
 
 from __future__ import annotations
+
+from . import _args
 
 ORDER = 55
 TOLERANCE = 1e-4  # relative error the onnxruntime check accepts
@@ -14,51 +16,67 @@ def register(sub) -> None:
         f"image sizes and compared with PyTorch; a relative error above {TOLERANCE:g} fails the command and "
         "writes nothing. The format is the output's suffix (.onnx or .pt2); an existing file is replaced only with "
         "--force, and missing parent folders are not created.")
-    p.add_argument("checkpoint", help="checkpoint file, run folder, Hugging Face folder or pre-trained name")
-    p.add_argument("-o", "--output", help="file to write, .onnx or .pt2 (default: beside the checkpoint, its name "
-                   "with the format's suffix; in the current folder for a pre-trained name)")
+    _args.add_model(p)
+    _args.add_output(p, "the file to write, .onnx or .pt2 (default: beside the model, its name with the format's "
+                     "suffix; in the current folder for a pre-trained name)")
     p.add_argument("--format", choices=("onnx", "pt2"),
                    help="onnx (default) or pt2 (a torch.export program: torch.export.load(path).module()); "
                    "with -o, the suffix decides and a contradicting --format is refused")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 2 instead of dynamic")
     p.add_argument("--static-size", action="store_true", help="fix the image size to the model's")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=_opset, metavar="N", help=f"ONNX opset, {OPSETS.text()} (default: the exporter's)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
-    p.add_argument("--num-heads", type=int, help="heads, for timm files and bare HF weights that do not record them")
+    p.add_argument("--num-heads", type=_args.positive_int,
+                   help="heads, for timm files and bare HF weights that do not record them")
+    _args.add_json(p, "print what was written (and the onnxruntime checks) as JSON on stdout")
+    _args.add_runtime(p, device=False, progress=False)
     p.set_defaults(func=run)
+
+
+OPSETS = _args.Range(18, 23, integer=True)  # torch.onnx's dynamo exporter: 18 and up (torch 2.14 writes up to 23)
+_opset = _args.number(int, OPSETS)
 
 
 def run(args) -> int:
     from pathlib import Path
 
     from .. import load
-    from ..export import export_onnx, save_program
-    from ..hub.resolve import model_source
+    from ..export import export_onnx, save_program, source_sha256
+    from ..hub.resolve import model_source, resolve_source
     from ._outputs import check_file_target, check_source, export_format
 
-    check_source(args.checkpoint)
+    check_source(args.model)
     if args.output:
         output = Path(args.output)
         fmt = export_format(output, args.format)
     else:
         fmt = args.format or "onnx"
-        output = default_output(args.checkpoint, fmt)
+        output = default_output(args.model, fmt)
     check_file_target(output, args.force)
-    model = load(model_source(args.checkpoint), num_heads=args.num_heads)
+    source = model_source(args.model)
+    model = load(source, num_heads=args.num_heads)
     check_file_target(output, args.force)  # again: loading (a download, say) takes time
-    dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size)
+    dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size,
+                   source_sha256=source_sha256(resolve_source(source)[0]))  # a name or URI: its cached file
     if fmt == "onnx":
         result = export_onnx(model, output, opset=args.opset, check=args.check, tolerance=TOLERANCE, **dynamic)
     else:
         result = save_program(model, output, **dynamic)
     c = model.config
+    if args.json:
+        import json
+
+        print(json.dumps({"model": str(args.model), **result}, indent=2))
+    say = _args.status(args)
     sizes = "dynamic" if dynamic["dynamic_image_size"] else "x".join(map(str, c.image_size))
-    print(f"wrote {result['path']} ({fmt}): input images (batch: "
-          f"{'dynamic' if dynamic['dynamic_batch'] else 2}, {c.in_channels}, size: {sizes}), output logits")
+    say(f"wrote {result['path']} ({fmt}): input images (batch: "
+        f"{'dynamic' if dynamic['dynamic_batch'] else 2}, {c.in_channels}, size: {sizes}), output logits")
+    say(f"  metadata: {len(model.class_names or [])} class names, preprocessing, config, vitkit "
+        f"{result['metadata']['vitkit.version']}, source SHA-256 {result['metadata']['vitkit.source_sha256'][:16]}...")
     for check in result["checks"]:  # all within TOLERANCE: export_onnx writes nothing otherwise
-        print(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
-              f"max |diff| {check['max_abs_diff']:.1e}")
+        say(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
+            f"max |diff| {check['max_abs_diff']:.1e}")
     return 0
 
 

@@ -30,6 +30,8 @@ def add_common_arguments(p) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any option (repeatable)")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings: no progress bars, no "
+                   "status lines (the run folder holds the results)")
     add_config_arguments(p)
 
 
@@ -116,8 +118,12 @@ def run(args) -> int:
         return 0
     from ..training.trainer import TrainingError, TrainingInterrupted, train
 
+    log = None
+    if args.quiet:
+        config = config.replace(progress=False)
+        log = lambda message: None  # noqa: E731
     try:
-        train(config, resume=resume)
+        train(config, resume=resume, log=log)
     except TrainingError as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 1

@@ -69,13 +69,23 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class StepBatchSampler(Sampler):
-    """Micro-batches of (index, seed) keys for one rank, from `start_step` on, for `end_step - start_step` steps."""
+    """Micro-batches of (index, seed) keys for one rank, from `start_step` on, for `end_step - start_step` steps.
+
+    With `repeats` = R > 1 (repeated augmentation, Hoffer et al. 2020, as DeiT trains), an epoch's sequence
+    holds each image of its permutation R times in a row, and step b takes entries b * global_batch onwards of
+    it (DeiT's RASampler): about global_batch / R images R times each, each copy with its own augmentation
+    seed. Within the batch the copies are put apart (first every entry's copy 0, then copy 1, ...), so that they
+    spread over micro-batches and ranks and no image is mixed with itself. An epoch stays num_items //
+    global_batch steps, and so sees a share 1/R of the images, R times each.
+    """
 
     def __init__(self, num_items: int, global_batch: int, accum_steps: int, world_size: int, rank: int, seed: int,
-                 start_step: int, end_step: int):
+                 start_step: int, end_step: int, repeats: int = 1):
         if global_batch % (accum_steps * world_size):
             raise ValueError(f"global batch {global_batch} is not divisible by accum_steps x world size "
                              f"({accum_steps} x {world_size})")
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.num_items = num_items
         self.global_batch = global_batch
         self.accum_steps = accum_steps
@@ -84,6 +94,7 @@ class StepBatchSampler(Sampler):
         self.seed = seed
         self.start_step = start_step
         self.end_step = end_step
+        self.repeats = repeats
         self.steps_per_epoch = num_items // global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"the batch of {global_batch} is larger than the {num_items} training images")
@@ -99,9 +110,12 @@ class StepBatchSampler(Sampler):
             epoch, batch = divmod(step, self.steps_per_epoch)
             if epoch != cached_epoch:
                 cached_epoch, order = epoch, epoch_permutation(self.num_items, self.seed, epoch)
+            start = batch * self.global_batch
+            entries = sorted(range(start, start + self.global_batch), key=lambda t: (t % self.repeats, t))
             for a in range(self.accum_steps):
-                first = batch * self.global_batch + a * self.micro + self.rank * self.shard
-                yield [(int(order[p]), mix_seed(self.seed, epoch, p)) for p in range(first, first + self.shard)]
+                first = a * self.micro + self.rank * self.shard  # positions in the global batch
+                yield [(int(order[t // self.repeats]), mix_seed(self.seed, epoch, t))
+                       for t in entries[first:first + self.shard]]
 
 
 def auto_workers(images: ImageSet, requested: int, world_size: int = 1) -> int:

@@ -7,8 +7,8 @@ a tenth or more of a small ViT's training step on 32x32 images. Here every image
 of batched tensor operations (a few milliseconds for 256 images).
 
 Batches follow the same `StepBatchSampler` as the usual path, so the data order is the same function of
-(seed, step), and each batch's augmentation is drawn from a generator seeded by its sampler keys: a resumed
-run draws what the uninterrupted one drew.
+(seed, step), and each image's augmentation is drawn from its own sampler key, (seed, epoch, position in the
+epoch): a resumed run draws what the uninterrupted one drew, and N processes draw what one process draws.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .datasets import ImageSet
+from .draws import SampleDraws, draws_for
+from .erasing import erase_boxes
 from .loader import mix_seed
 
 CROPS = ("inception", "pad_crop", "resize")
@@ -54,8 +56,8 @@ class TensorAugment:
     back; pad_crop: reflect-pad and take a random window; resize: none), horizontal flips, random erasing, then
     normalisation to float32 with `mean` / `std` (in units of [0, 1] pixels).
 
-    `random_erasing` is the probability that an image gets one random box (2-25% of its area, aspect 1/3-3)
-    filled with noise, after normalisation (Zhong et al. 2020, as timm and DeiT use it).
+    `random_erasing` is the probability that an image gets one box of noise after normalisation
+    (`vitkit.data.erasing`: timm's defaults, 2% to 1/3 of the area, which DeiT uses).
     """
 
     def __init__(self, mean, std, *, crop: str = "pad_crop", crop_min_area: float = 0.05, crop_padding: int = 4,
@@ -70,10 +72,12 @@ class TensorAugment:
         self.hflip = hflip
         self.random_erasing = random_erasing
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B, C, H, W) uint8 -> (B, C, H, W) float32, augmented and normalised."""
+    def __call__(self, images: torch.Tensor, generator) -> torch.Tensor:
+        """(B, C, H, W) uint8 -> (B, C, H, W) float32, augmented and normalised. `generator`: a torch generator
+        for the batch, or each image's own draws (`data.draws.SampleDraws`)."""
         B, C, H, W = images.shape
-        flip = (torch.rand(B, generator=generator) < 0.5) if self.hflip else torch.zeros(B, dtype=torch.bool)
+        generator = draws_for(B, generator)
+        flip = (generator.rand() < 0.5) if self.hflip else torch.zeros(B, dtype=torch.bool)
         if self.crop == "pad_crop" and self.crop_padding > 0:
             x = self._pad_crop(images, flip, generator)
         elif self.crop == "inception":
@@ -89,8 +93,8 @@ class TensorAugment:
         B, C, H, W = images.shape
         p = self.crop_padding
         padded = F.pad(images.float(), (p, p, p, p), mode="reflect")  # (B, C, H + 2p, W + 2p)
-        dy = torch.randint(0, 2 * p + 1, (B,), generator=generator)
-        dx = torch.randint(0, 2 * p + 1, (B,), generator=generator)
+        dy = (generator.rand() * (2 * p + 1)).long().clamp(max=2 * p)
+        dx = (generator.rand() * (2 * p + 1)).long().clamp(max=2 * p)
         cols = torch.arange(W).expand(B, W)
         cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flipped image reads its window right to left
         rows = (torch.arange(H)[None, :] + dy[:, None])[:, :, None]  # (B, H, 1)
@@ -102,13 +106,13 @@ class TensorAugment:
         """A box of random area (crop_min_area to 1 of the image) and aspect (3/4 to 4/3), anywhere inside the
         image, resized bilinearly to the image's size; boxes that do not fit are clipped to it."""
         B, C, H, W = images.shape
-        area = self.crop_min_area + (1 - self.crop_min_area) * torch.rand(B, generator=generator)
-        log_aspect = (torch.rand(B, generator=generator) * 2 - 1) * math.log(4 / 3)
+        area = self.crop_min_area + (1 - self.crop_min_area) * generator.rand()
+        log_aspect = (generator.rand() * 2 - 1) * math.log(4 / 3)
         aspect = log_aspect.exp()  # width / height
         box_w = (area * aspect).sqrt().clamp(max=1.0)  # shares of the image's width and height
         box_h = (area / aspect).sqrt().clamp(max=1.0)
-        cx = (torch.rand(B, generator=generator) * 2 - 1) * (1 - box_w)  # centre, in [-1, 1] coordinates
-        cy = (torch.rand(B, generator=generator) * 2 - 1) * (1 - box_h)
+        cx = (generator.rand() * 2 - 1) * (1 - box_w)  # centre, in [-1, 1] coordinates
+        cy = (generator.rand() * 2 - 1) * (1 - box_h)
         sign = 1.0 - 2.0 * flip.float()
         theta = torch.zeros(B, 2, 3)
         theta[:, 0, 0] = box_w * sign
@@ -119,21 +123,7 @@ class TensorAugment:
         return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _erase(self, x, generator):
-        B, C, H, W = x.shape
-        chosen = torch.rand(B, generator=generator) < self.random_erasing
-        area = (0.02 + 0.23 * torch.rand(B, generator=generator)) * H * W
-        aspect = (torch.rand(B, generator=generator) * 2 - 1).mul(math.log(3)).exp()
-        h = (area * aspect).sqrt().round().clamp(1, H).long()
-        w = (area / aspect).sqrt().round().clamp(1, W).long()
-        top = (torch.rand(B, generator=generator) * (H - h + 1)).long()
-        left = (torch.rand(B, generator=generator) * (W - w + 1)).long()
-        rows = torch.arange(H)[None, :]
-        cols = torch.arange(W)[None, :]
-        inside_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # (B, H)
-        inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # (B, W)
-        box = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None])[:, None]  # (B, 1, H, W)
-        noise = torch.randn(x.shape, generator=generator)
-        return torch.where(box, noise, x)
+        return erase_boxes(x, self.random_erasing, generator)
 
 
 class TensorBatches:
@@ -151,11 +141,10 @@ class TensorBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator()
         for keys in self.sampler:
             index = torch.tensor([k for k, _ in keys], dtype=torch.long)
-            generator.manual_seed(mix_seed(keys[0][1], len(keys), 0xA06))  # keys[0]'s seed: (seed, epoch, position)
-            yield self.augment(self.images[index], generator), self.labels[index]
+            draws = SampleDraws([mix_seed(seed, 0xA06) for _, seed in keys])  # each image's (seed, epoch, position)
+            yield self.augment(self.images[index], draws), self.labels[index]
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:

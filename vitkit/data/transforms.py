@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from ..configs import Preprocessing
+from .erasing import RandomErasing
+from .randaugment import RandAugment
 
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
+
+
+PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
@@ -63,9 +69,11 @@ def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
 
 def train_transform(preprocessing: Preprocessing, *, crop: str = "inception", crop_min_area: float = 0.05,
                     crop_padding: int = 4, hflip: bool = True, randaugment_ops: int = 0,
-                    randaugment_magnitude: int = 9) -> v2.Compose:
+                    randaugment_magnitude: int = 9, random_erasing: float = 0.0,
+                    randaugment_style: str = "torchvision", randaugment_magnitude_std: float = 0.0,
+                    randaugment_increasing: bool = False) -> v2.Compose:
     """The training augmentation: a crop (the Inception crop: a random area of 5-100% and aspect 3/4-4/3,
-    resized), horizontal flips, RandAugment, then the model's normalisation."""
+    resized), horizontal flips, RandAugment, the model's normalisation, then random erasing."""
     p = preprocessing
     size = tuple(p.image_size)
     mode = interpolation_mode(p.interpolation)
@@ -80,6 +88,11 @@ def train_transform(preprocessing: Preprocessing, *, crop: str = "inception", cr
         raise ValueError(f"unknown crop {crop!r}; expected inception, resize or pad_crop")
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
-    if randaugment_ops > 0:
+    if randaugment_ops > 0 and randaugment_style == "torchvision":
         ops.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, interpolation=mode))
-    return v2.Compose(ops + _to_tensor(p.mean, p.std))
+    elif randaugment_ops > 0:  # the papers' RandAugment, on their own magnitude scales (data/randaugment.py)
+        fill = tuple(min(255, round(255 * m)) for m in p.mean)  # timm: the mean colour; big_vision: grey
+        ops.append(RandAugment(randaugment_ops, randaugment_magnitude, randaugment_style, randaugment_magnitude_std,
+                               randaugment_increasing, fill=fill, resample=PIL_RESAMPLE[p.interpolation]))
+    erase = [RandomErasing(random_erasing)] if random_erasing > 0 else []
+    return v2.Compose(ops + _to_tensor(p.mean, p.std) + erase)

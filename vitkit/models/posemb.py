@@ -12,15 +12,22 @@ from ..configs import to_pair
 RESAMPLE_METHODS = ("bilinear", "bicubic", "nearest")
 
 
-def sincos_2d(grid_size, width: int, temperature: float = 10_000.0, dtype=torch.float32) -> torch.Tensor:
+def sincos_2d(grid_size, width: int, temperature: float = 10_000.0, dtype=torch.float32, span=None) -> torch.Tensor:
     """Fixed 2D sin-cos embeddings (MoCo v3, big_vision): (gh * gw, width), rows major.
 
-    A quarter of the channels each: sin(x), cos(x), sin(y), cos(y), with x the column and y the row index.
+    A quarter of the channels each: sin(x), cos(x), sin(y), cos(y), with x the column and y the row position.
+    The positions are the patch indices 0 .. g - 1 (big_vision's table). With `span` = (Gh, Gw), the grid covers
+    the image that a Gh x Gw grid covers, and each patch sits at the position of its centre on that grid,
+    (i + 1/2) * G / g - 1/2: a smaller input of the same image (progressive resolution) gives each image region
+    the embedding it has at full size, as resampling does for learned embeddings.
     """
     gh, gw = to_pair(grid_size)
     if width % 4:
         raise ValueError(f"sin-cos 2D embeddings need a width divisible by 4, got {width}")
-    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    span_h, span_w = to_pair(span) if span is not None else (gh, gw)
+    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) * (span_h / gh) - 0.5
+    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) * (span_w / gw) - 0.5
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
     quarter = width // 4
     omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
     omega = 1.0 / temperature**omega

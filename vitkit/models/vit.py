@@ -283,7 +283,10 @@ class VisionTransformer(nn.Module):
         if c.posemb == "sincos_2d":
             if grid == tuple(self.grid_size):
                 return self.pos_embed_fixed
-            return sincos_2d(grid, c.width, dtype=self.pos_embed_fixed.dtype).to(self.pos_embed_fixed.device)[None]
+            # another input size of the same image (dynamic_image_size, progressive resolution): each patch at
+            # the position of its centre on the model's grid, so an image region keeps its embedding
+            table = sincos_2d(grid, c.width, dtype=self.pos_embed_fixed.dtype, span=self.grid_size)
+            return table.to(self.pos_embed_fixed.device)[None]
         return None
 
     def _posemb_covers_prefix(self) -> bool:
@@ -415,7 +418,7 @@ class VisionTransformer(nn.Module):
         elif c.posemb == "learned_2d":
             self.pos_embed_row = nn.Parameter(resample_axis(self.pos_embed_row.data, new_grid[0], method))
             self.pos_embed_col = nn.Parameter(resample_axis(self.pos_embed_col.data, new_grid[1], method))
-        elif c.posemb == "sincos_2d":
+        elif c.posemb == "sincos_2d":  # big_vision's table for the new grid (positions 0 .. g - 1), as its fine-tuning
             buf = self.pos_embed_fixed
             self.pos_embed_fixed = sincos_2d(new_grid, c.width, dtype=buf.dtype).to(buf.device)[None]
         self.config = new_config

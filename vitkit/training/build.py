@@ -64,13 +64,13 @@ def describe(config) -> str:
 
 
 def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
-    """What the checkpoint will record: the input size, and mean/std/interpolation from the config, else the
-    initial checkpoint's, else the paper's [-1, 1] scaling."""
+    """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
+    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
     base = model.preprocessing if config.init_from else Preprocessing()
     return Preprocessing(
         image_size=model.config.image_size,
         mean=tuple(config.mean) if config.mean is not None else base.mean,
         std=tuple(config.std) if config.std is not None else base.std,
         interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
-        crop_pct=base.crop_pct if config.init_from else 1.0,
+        crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
     )

@@ -172,7 +172,10 @@ def read_checkpoint_dir(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     match = STEP_DIR.match(path.name)
     verify_manifest(path)
-    weights, metadata = read_safetensors(path / WEIGHTS)
+    if (path / ".metadata").is_file():  # sharded (torch.distributed.checkpoint): the weights load after wrapping
+        weights, metadata = {}, {}
+    else:
+        weights, metadata = read_safetensors(path / WEIGHTS)
     state_path = path / STATE
     if not state_path.is_file():
         raise CheckpointError(state_path, "missing training state")

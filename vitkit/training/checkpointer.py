@@ -15,11 +15,12 @@ class CheckpointWriteError(RuntimeError):
 
 class Checkpointer:
     def __init__(self, run_dir: Path, model, state: Callable[[], dict[str, Any]], *, every: int, keep: int,
-                 info: distributed.DistInfo, write: Callable, resumed_step: int | None = None,
+                 info: distributed.DistInfo, write: Callable, sharded: bool = False, resumed_step: int | None = None,
                  resumed_path: Path | None = None):
         self.run_dir, self.model, self.state = run_dir, model, state
         self.every, self.keep, self.info = every, keep, info
-        self.write = write  # vitkit.training.checkpoint.write_checkpoint
+        self.write = write  # vitkit.training.checkpoint.write_checkpoint, or parallel.write_sharded_checkpoint
+        self.sharded = sharded  # every rank writes its shard (write(run_dir, step, state, keep))
         self.saved_step, self.saved_path = resumed_step, resumed_path
 
     def due(self, step: int) -> bool:
@@ -39,10 +40,10 @@ class Checkpointer:
                 if self.saved_path is not None else "no checkpoint had been written")
 
     def save(self, step: int) -> None:
-        if self.info.is_main:
+        if self.sharded or self.info.is_main:
             self.model.eval()
             try:
-                path = self.write(self.run_dir, step, self.model, self.state(), keep=self.keep)
+                path = self.write(self.run_dir, step, self.state(), keep=self.keep)
             except (OSError, RuntimeError) as e:  # a full disk, a file size limit, a folder gone read-only
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise CheckpointWriteError(f"could not write the checkpoint of step {step} ({reason}); training "
@@ -52,4 +53,5 @@ class Checkpointer:
             self.saved_step, self.saved_path = step, path
         else:
             self.saved_step = step
-        distributed.barrier(self.info)
+        if not self.sharded:
+            distributed.barrier(self.info)

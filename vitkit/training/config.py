@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configs import POOLS
+from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 
@@ -90,13 +91,14 @@ class TrainConfig:
     crop_padding: int = _f(4, "padding of pad_crop in pixels of the resized image", range=COUNT)
     hflip: bool = _f(True, "random horizontal flips")
     randaugment_ops: int = _f(0, "RandAugment: operations per image (0 turns it off)", range=COUNT)
-    randaugment_magnitude: int = _f(9, "RandAugment: magnitude (0-30)", range=Range(0, 30, integer=True))
+    randaugment_magnitude: int = _f(9, "RandAugment: magnitude, on the scale of randaugment_style",
+                                    range=Range(0, 30, integer=True))
     mixup_alpha: float = _f(0.0, "Mixup: Beta(alpha, alpha) mixing (0 turns it off)", range=NON_NEGATIVE)
     cutmix_alpha: float = _f(0.0, "CutMix: Beta(alpha, alpha) box area (0 turns it off)", range=NON_NEGATIVE)
     mix_prob: float = _f(1.0, "share of batches that are mixed when Mixup or CutMix is on", range=SHARE)
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", range=RATE)
-    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise "
-                               "(pipeline tensor only)", range=SHARE)
+    random_erasing: float = _f(0.0, "random erasing: share of the training images that get one box of noise (2% "
+                               "to 1/3 of the area, as timm)", range=SHARE)
 
     # -------------------------------------------------------------------------------------- optimisation
     optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
@@ -164,6 +166,40 @@ class TrainConfig:
                   "(event files in RUN/tensorboard), wandb (when installed), both comma-separated, or none")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
+    # ------------------------------------------------------------------- fidelity to the papers (issue 19)
+    ema_warmup: bool = _f(False, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the n updates "
+                          "so far (off: ema_decay from the first update, as the paper's code)")
+    crop_pct: float | None = _f(None, "evaluation: resize the shorter side to image_size / crop_pct, then take the "
+                                "central image_size crop (DeiT, AugReg: 0.875, 256 -> 224); 1: resize to image_size; "
+                                "default: the checkpoint's, else 1; stored with the model",
+                                range=Range(0, 1, lo_open=True))
+    representation_size: int | None = _f(None, "a pre-training head with one hidden layer of this width (Dense + "
+                                         "tanh, the paper's pre-logits, Section 3.1); fine-tuning drops it",
+                                         range=AT_LEAST_ONE)
+    randaugment_style: str = _f("torchvision", "whose RandAugment, and so the scale of randaugment_magnitude: timm "
+                                "(DeiT; 0-10, m9 rotates up to 27 degrees), big_vision (AugReg; magnitude / 10, "
+                                "unclipped: m15 rotates 45 degrees) or torchvision (0-30: m9 rotates 9 degrees)")
+    randaugment_magnitude_std: float = _f(0.0, "RandAugment (timm style): Gaussian noise of this std on the "
+                                          "magnitude of each operation (DeiT: 0.5)", range=NON_NEGATIVE)
+    randaugment_increasing: bool = _f(False, "RandAugment (timm style): the operations whose strength increases "
+                                      "with the magnitude (timm's inc1, DeiT)")
+    repeated_augmentation: int = _f(1, "repeated augmentation: each step's batch holds about batch_size / this "
+                                    "many images, each this many times with different augmentations (DeiT: 3); "
+                                    "an epoch then sees a share 1/this of the images", range=AT_LEAST_ONE)
+
+    # ----------------------------------------------------------------------------- scaling out (issue 17)
+    parallel: str = _f("ddp", "under torchrun: ddp (a copy of the model per process) or fsdp (FSDP2: parameters, "
+                       "gradients and optimizer state sharded; sharded checkpoints)")
+    fsdp_param_dtype: str = _f("fp32", "fsdp: dtype the gathered parameters compute in (bf16: mixed precision; "
+                               "master weights, gradient reduction and optimizer stay fp32)")
+    checkpoint_blocks: bool = _f(False, "activation checkpointing: each encoder block recomputes its activations "
+                                 "in the backward pass (less memory, about a third more compute)")
+    shard_streams: int = _f(8, "data given as tar shards: lanes the stream is cut into (fixed by the config, not "
+                            "the world size; a multiple of processes x loader workers reads no shard twice)",
+                            range=AT_LEAST_ONE)
+    shuffle_buffer: int = _f(1000, "data given as tar shards: samples shuffled together in each lane",
+                             range=AT_LEAST_ONE)
+
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
         # TrainConfig(ema_decay=1.5) and --ema-decay 1.5 fail alike
@@ -226,8 +262,16 @@ class TrainConfig:
             fail(f"pipeline={self.pipeline!r}, expected one of pil, tensor")
         if not 0 <= self.random_erasing <= 1:
             fail(f"random_erasing must be in [0, 1], got {self.random_erasing}")
-        if self.random_erasing > 0 and self.pipeline != "tensor":
-            fail("random_erasing needs pipeline='tensor'")
+        if self.randaugment_style not in RANDAUGMENT_STYLES:
+            fail(f"randaugment_style={self.randaugment_style!r}, expected one of {', '.join(RANDAUGMENT_STYLES)}")
+        if self.randaugment_ops > 0:
+            if self.pipeline != "pil":
+                fail("randaugment_ops needs pipeline='pil' (the tensor pipeline has no RandAugment)")
+            if self.randaugment_style == "timm" and self.randaugment_magnitude > 10:
+                fail(f"randaugment_magnitude={self.randaugment_magnitude} is beyond timm's scale of 0-10")
+            if self.randaugment_style != "timm" and (self.randaugment_magnitude_std > 0 or self.randaugment_increasing):
+                fail("randaugment_magnitude_std and randaugment_increasing are timm's; randaugment_style="
+                     f"{self.randaugment_style!r} has neither")
         if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):
@@ -239,11 +283,28 @@ class TrainConfig:
             fail(f"progressive_min_size must be positive, got {self.progressive_min_size}")
         if not 0 <= self.progressive_until <= 1:
             fail(f"progressive_until must be in [0, 1], got {self.progressive_until}")
+        if self.parallel not in ("ddp", "fsdp"):
+            fail(f"parallel={self.parallel!r}, expected one of ddp, fsdp")
+        if self.fsdp_param_dtype not in ("fp32", "bf16"):
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype!r}, expected one of fp32, bf16")
+        if self.fsdp_param_dtype != "fp32" and self.parallel != "fsdp":
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype} needs parallel='fsdp' (with DDP use precision='bf16')")
+        if self.parallel == "fsdp" and self.ema_decay > 0:
+            fail("ema_decay needs parallel='ddp' (the weight average of a sharded model is not implemented)")
+        from ..data.shards import is_shard_spec
+
+        if is_shard_spec(self.data):
+            for key, value, default in (("pipeline", self.pipeline, "pil"), ("val_split", self.val_split, "auto"),
+                                        ("limit_per_class", self.limit_per_class, None),
+                                        ("val_per_class", self.val_per_class, None)):
+                if value != default and not (key == "val_split" and value == "none"):
+                    fail(f"{key}={value!r} cannot be honoured with tar shards as data ({self.data}); the shards "
+                         "stream as packed (pack a subset with vitkit data pack --limit-per-class)")
         return self
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb")
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size")
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -403,6 +464,8 @@ def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None =
 def smoke(config: TrainConfig) -> TrainConfig:
     """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
     architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
+    if config.representation_size and not config.init_from:
+        architecture["representation_size"] = 32
     return config.replace(
         steps=4, epochs=None, batch_size=8, accum_steps=min(config.accum_steps, 2), warmup_steps=1,
         image_size=16, eval_every=-1, checkpoint_every=0,
@@ -451,6 +514,9 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
         group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
                            default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
+        if hint is bool:  # --progress / --no-progress, as the other commands spell a switch
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=f"cfg_{name}", action="store_const",
+                               const="false", default=argparse.SUPPRESS, help=f"the same as --{name.replace('_', '-')} false")
 
 
 def overrides_from_args(args) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
 from ..eval.evaluate import evaluate
 from ..eval.metrics import EvalResult
 from . import distributed
@@ -14,7 +16,7 @@ from . import distributed
 class Evaluator:
     def __init__(self, model, ema, ema_model, batches, split_name: str, num_classes: int, precision: str,
                  info: distributed.DistInfo, metrics, clock, started: float, *, every_steps: int,
-                 every_minutes: float, steps_per_epoch: int, progress: bool):
+                 every_minutes: float, steps_per_epoch: int, progress: bool, sharded: bool = False):
         self.model, self.ema, self.ema_model = model, ema, ema_model
         self.batches = batches  # None: the run has no evaluation split
         self.split_name = split_name
@@ -24,6 +26,7 @@ class Evaluator:
         self.interval = 60.0 * every_minutes
         self.steps_per_epoch = steps_per_epoch
         self.progress = progress
+        self.sharded = sharded  # FSDP: every rank runs as many forward passes as the others
         self.next_timed = ((math.floor(clock.seconds() / self.interval) + 1) * self.interval
                            if self.interval else None)
 
@@ -49,7 +52,13 @@ class Evaluator:
                 continue
             if weights == "ema":
                 self.ema.copy_to(self.ema_model)
-            counts = evaluate(net, self.batches, self.num_classes, self.info.device, self.precision,
+            batches = self.batches
+            if self.sharded:
+                from .streaming import lockstep
+
+                example = torch.zeros(1, self.model.config.in_channels, *self.model.config.image_size)
+                batches = lockstep(self.batches, net, self.info, example)
+            counts = evaluate(net, batches, self.num_classes, self.info.device, self.precision,
                               progress=self.progress and len(self.batches) >= 20, desc=f"eval {self.split_name}",
                               total=len(self.batches))
             distributed.all_reduce_sum(counts.tensors(), self.info)

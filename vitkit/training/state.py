@@ -54,15 +54,20 @@ def check_tensors_like(state: Any, reference: dict[str, torch.Tensor], what: str
             raise ValueError(f"{what} entry {key!r} is {found}, expected {tuple(ref.shape)}")
 
 
-def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler, ema, where: str) -> None:
+def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler, ema, where,
+            load_optimizer=None) -> None:
     """Load a checkpoint's optimizer, grad scaler, EMA and random states into this run's, keeping this run's
     optimizer settings (betas, weight decay, ...: the config's, not whatever the file says); a UsageError naming
-    `where` when the saved state does not fit."""
+    `where` when the saved state does not fit. `load_optimizer()`, when given, loads the optimizer instead
+    (a sharded checkpoint's, with the model's shards)."""
     from ..errors import UsageError
 
     try:
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        optimizer.load_state_dict(state["optimizer"])
+        if load_optimizer is not None:
+            load_optimizer()
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         for group, own in zip(optimizer.param_groups, settings):
             group.update(own)
         check_optimizer_state(optimizer)

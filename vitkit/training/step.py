@@ -1,13 +1,13 @@
 """One optimizer step: forward and backward over the micro-batches, clipping, the optimizer, the grad scaler and
 the EMA; and the running sums since the last training record, kept on the device so that no step waits for a sync.
 
-The random state of a step (dropout, stochastic depth, Mixup/CutMix) is seeded from (seed, step, rank), so a
-resumed run draws exactly what the uninterrupted one drew.
+The random state of a step is seeded from (seed, step): Mixup/CutMix from (seed, step, micro-batch), pairing images
+by their position in the global micro-batch, dropout and stochastic depth from (seed, step, rank); so a resumed run
+draws exactly what the uninterrupted one drew.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -19,7 +19,8 @@ from ..data import mix_seed
 from ..data.memory import resize_batch
 from ..eval.evaluate import autocast
 from . import distributed, faults
-from .mixing import mix_batch
+from .mixing import mix_shard
+from .parallel import gradient_sync, local_tensor
 
 
 class NonFinite(Exception):
@@ -52,10 +53,12 @@ class StepSettings:
 
 
 class TrainStep:
-    def __init__(self, settings: StepSettings, model, train_model, optimizer, scaler, ema, ddp, batches: Iterator,
+    def __init__(self, settings: StepSettings, model, train_model, optimizer, scaler, ema, synced_model,
+                 batches: Iterator,
                  num_classes: int, info: distributed.DistInfo, total_steps: int):
         self.s = settings
-        self.model, self.train_model, self.ddp = model, train_model, ddp
+        self.model, self.train_model = model, train_model
+        self.synced_model = synced_model  # what no_sync / set_requires_gradient_sync is called on (DDP, FSDP)
         self.optimizer, self.scaler, self.ema = optimizer, scaler, ema
         self.batches = batches
         self.num_classes = num_classes
@@ -88,12 +91,11 @@ class TrainStep:
             labels = labels.to(device, non_blocking=True)
             if s.resize_inputs:  # progressive resolution; the tensor path's images at the model's size
                 images = resize_batch(images, plan.image_size)
-            images, targets = mix_batch(images, labels, self.num_classes, mixup_alpha=s.mixup_alpha,
+            images, targets = mix_shard(images, labels, self.num_classes, rank=self.info.rank,
+                                        world_size=self.info.world_size, mixup_alpha=s.mixup_alpha,
                                         cutmix_alpha=s.cutmix_alpha, prob=s.mix_prob, smoothing=s.label_smoothing,
-                                        seed=mix_seed(s.seed, step, micro, self.info.rank, 0x313))
-            last_micro = micro == s.accum_steps - 1
-            sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
-            with sync:
+                                        seed=mix_seed(s.seed, step, micro, 0x313))
+            with gradient_sync(self.synced_model, micro == s.accum_steps - 1):
                 with autocast(device, s.precision):
                     logits = self.train_model(images)
                 loss = F.cross_entropy(logits.float(), targets)
@@ -110,10 +112,10 @@ class TrainStep:
         faults.hit("step.after_backward", step + 1)
         if s.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.grad_norm = local_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip))
         elif not self.scaler.is_enabled():
-            self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
-                                                            if p.grad is not None])
+            self.grad_norm = local_tensor(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
+                                                                         if p.grad is not None]))
         step_loss = (step_loss / s.accum_steps).double()
         finite = torch.isfinite(step_loss)
         if not self.scaler.is_enabled():  # (a grad scaler skips steps with non-finite gradients itself)

@@ -8,8 +8,11 @@ the loop calls, each in its own module: `TrainStep` (step.py), `Evaluator` (eval
 (checkpointer.py) and `MetricsLogger` (metrics_log.py); `_Run.run` is the loop itself, in one screen.
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, step) (see `vitkit.data.loader`), and the random state of each step (dropout, stochastic depth, Mixup)
-is seeded from (seed, step, rank). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
+step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
+torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
+than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
 the EMA and the step to continue exactly where the uninterrupted run would have been; the global random states
 are saved and restored as well, for code that uses them outside the loop.
 """
@@ -46,6 +49,9 @@ from .holdout import write_split
 from .interrupt import catch_interrupt
 from .metrics_log import MetricsLogger, parse_loggers
 from .optim import EMA, build_optimizer
+from .parallel import (ParallelConfig, is_sharded_checkpoint, load_sharded_checkpoint, unsharded_copy, wrap_model,
+                       write_sharded_checkpoint)
+from .streaming import ShardData, is_shard_spec
 from .run_folder import BAD_FILES, CONFIG, CURVES, EMA_WEIGHTS, METRICS, RUN_INFO, WEIGHTS, RunLock
 from .schedule import Schedule, TrainClock
 from .state import restore, rng_state
@@ -307,10 +313,15 @@ class _Run:
 
     def prepare_data(self) -> None:
         c = self.config
-        self.splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
-                                val_fraction=c.val_fraction, val_per_class=c.val_per_class, split_seed=c.split_seed,
-                                limit_per_class=c.limit_per_class, max_bad_fraction=c.max_bad_fraction,
-                                cache=c.cache_images, log=self.say, progress=c.progress and self.main, min_classes=2)
+        self.shard_data = None
+        if is_shard_spec(c.data):  # tar shards, streamed (the same fields as DataSplits)
+            self.splits = self.shard_data = ShardData(c, self.info, self.say)
+        else:
+            self.splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
+                                    val_fraction=c.val_fraction, val_per_class=c.val_per_class,
+                                    split_seed=c.split_seed, limit_per_class=c.limit_per_class,
+                                    max_bad_fraction=c.max_bad_fraction, cache=c.cache_images, log=self.say,
+                                    progress=c.progress and self.main, min_classes=2)
         self.classes, self.train_set, self.val_set = self.splits.classes, self.splits.train, self.splits.val
         if c.num_classes is not None and c.num_classes < len(self.classes):
             raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(self.classes)} classes of the "
@@ -319,7 +330,14 @@ class _Run:
 
     def prepare_model(self, resume_ckpt: Checkpoint | None) -> None:
         c = self.config
-        if resume_ckpt is not None:
+        self.sharded = sharded = c.parallel == "fsdp"  # checkpoints by torch.distributed.checkpoint, any rank count
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path):
+            from ..configs import Preprocessing, ViTConfig
+            from ..models import create_model
+
+            model = create_model(ViTConfig.from_dict(resume_ckpt.state["model_config"]))  # weights: on restore
+            model.preprocessing = Preprocessing.from_dict(resume_ckpt.state["preprocessing"])
+        elif resume_ckpt is not None:
             from ..checkpoints import load
 
             model = load(resume_ckpt.path / WEIGHTS, **runtime_settings(c))
@@ -333,7 +351,16 @@ class _Run:
             raise UsageError(f"the model has {model.num_classes} classes, the data {self.num_classes}")
         if c.precision == "fp16" and self.info.device.type != "cuda":
             raise UsageError("--precision fp16 needs a GPU (it uses a grad scaler); on CPU use bf16")
+        if c.precision == "fp16" and sharded:
+            raise UsageError("--precision fp16 with --parallel fsdp is not supported; use --fsdp-param-dtype bf16")
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path) != sharded:
+            raise UsageError(f"--resume {resume_ckpt.path}: a {'sharded' if not sharded else 'DDP'} checkpoint; "
+                             f"resume it with --parallel {'fsdp' if not sharded else 'ddp'}")
         self.model = model.to(self.info.device)
+        # the model that trains: itself, DDP around it, or sharded in place by FSDP (before the optimizer sees it)
+        self.ema_model = copy.deepcopy(model).eval() if c.ema_decay > 0 else None
+        self.train_model = wrap_model(model, ParallelConfig(c.parallel, c.fsdp_param_dtype, c.checkpoint_blocks),
+                                      self.info)
 
     def prepare_steps(self) -> None:
         c, info = self.config, self.info
@@ -353,10 +380,12 @@ class _Run:
         c = self.config
         self.optimizer = build_optimizer(self.model, c)
         self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=c.precision == "fp16")
-        self.ema = EMA(self.model, c.ema_decay) if c.ema_decay > 0 else None
+        self.ema = EMA(self.model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
         if resume_ckpt is None:
             return
-        restore(resume_ckpt.state, self.optimizer, self.scaler, self.ema, resume_ckpt.path)
+        load_optimizer = (lambda: load_sharded_checkpoint(resume_ckpt.path, self.model, self.optimizer)) \
+            if self.sharded else None
+        restore(resume_ckpt.state, self.optimizer, self.scaler, self.ema, resume_ckpt.path, load_optimizer)
         start = self.start_step = resume_ckpt.step
         spent = bool(c.budget_minutes) and float(resume_ckpt.state.get("train_seconds") or 0.0) >= 60 * c.budget_minutes
         # killed after its last checkpoint but before the final weights (all steps done, or the budget spent):
@@ -395,7 +424,8 @@ class _Run:
                 "device": str(info.device), "parameters": count_parameters(model), "model": model.config.to_dict(),
                 "preprocessing": model.preprocessing.to_dict(), "torch": torch.__version__, "command": sys.argv,
             }, indent=2) + "\n")
-            write_split(run_dir, c, self.splits)  # the evaluation split as a fact, for vitkit eval
+            if self.shard_data is None:
+                write_split(run_dir, c, self.splits)  # the evaluation split as a fact, for vitkit eval
             if self.splits.bad_files:
                 atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in self.splits.bad_files))
         resumed = resume_ckpt is not None
@@ -409,57 +439,66 @@ class _Run:
     def prepare_loaders(self) -> None:
         c, info, model = self.config, self.info, self.model
         pin = info.device.type == "cuda"
+        augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
+                       randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
+                       random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
+                       randaugment_magnitude_std=c.randaugment_magnitude_std,
+                       randaugment_increasing=c.randaugment_increasing)
+        workers = auto_workers(self.train_set, c.num_workers, info.world_size)
         sampler = StepBatchSampler(len(self.train_set), c.batch_size, c.accum_steps, info.world_size, info.rank,
-                                   c.seed, self.start_step, self.end_step)
-        if c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
+                                   c.seed, self.start_step, self.end_step, repeats=c.repeated_augmentation)
+        if self.shard_data is not None:  # streamed from tar shards, from position start_step x batch_size
+            transform = train_transform(model.preprocessing, **augment)
+            self.make_batches = lambda: iter(self.shard_data.train_batches(transform, self.start_step, workers, pin))
+        elif c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
             augment = TensorAugment(model.preprocessing.mean, model.preprocessing.std, crop=c.crop,
                                     crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
                                     random_erasing=c.random_erasing)
             self.make_batches = lambda: iter(TensorBatches(stack_images(self.train_set), self.train_set.labels,
                                                            sampler, augment))
         else:
-            transform = train_transform(model.preprocessing, crop=c.crop, crop_min_area=c.crop_min_area,
-                                        crop_padding=c.crop_padding, hflip=c.hflip,
-                                        randaugment_ops=c.randaugment_ops,
-                                        randaugment_magnitude=c.randaugment_magnitude)
-            data = TransformedImages(self.train_set, transform)
-            workers = auto_workers(self.train_set, c.num_workers, info.world_size)
+            data = TransformedImages(self.train_set, train_transform(model.preprocessing, **augment))
             self.make_batches = lambda: iter(train_loader(data, sampler, workers, pin))
         self.val_batches = None
-        if self.val_set is not None:
-            eval_batch = c.eval_batch_size or max(c.batch_size // c.accum_steps // info.world_size, 1)
+        eval_batch = c.eval_batch_size or max(c.batch_size // c.accum_steps // info.world_size, 1)
+        if self.shard_data is not None and self.val_set is not None:
+            self.val_batches = self.shard_data.eval_batches(eval_transform(model.preprocessing), eval_batch,
+                                                            auto_workers(self.val_set, c.num_workers,
+                                                                         info.world_size), pin)
+        elif self.val_set is not None:
             val_data = TransformedImages(self.val_set, eval_transform(model.preprocessing))
             val_workers = auto_workers(self.val_set, -1 if self.val_set.in_memory else c.num_workers,
                                        info.world_size)
             self.val_batches = eval_loader(val_data, eval_batch, val_workers, info.rank, info.world_size, pin)
 
     def prepare_components(self, resume_ckpt: Checkpoint | None) -> None:
-        """The model that trains (DDP, then compile), and the step, evaluator, checkpointer, clock and bar."""
+        """The model that trains (compiled if asked), and the step, evaluator, checkpointer, clock and bar."""
         c, info, model = self.config, self.info, self.model
         from tqdm.auto import tqdm
 
-        train_model, ddp = model, None
-        if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp = train_model = DistributedDataParallel(
-                model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        synced_model = train_model = self.train_model  # (no_sync / set_requires_gradient_sync go to the wrapper)
         if c.compile:
             train_model = torch.compile(train_model, backend=c.compile_backend)
-        self.ema_model = copy.deepcopy(model).eval() if self.ema is not None else None
         self.schedule = Schedule(c, self.total, self.warmup, model.config.image_size[0],
                                  model.config.patch_size[0] * model.config.stem_stride)
         resize_inputs = c.pipeline == "tensor" or bool(c.progressive_min_size)
         self.train_step = TrainStep(StepSettings.from_config(c, resize_inputs), model, train_model, self.optimizer,
-                                    self.scaler, self.ema, ddp, iter(()), self.num_classes, info, self.total)
+                                    self.scaler, self.ema, synced_model, iter(()), self.num_classes, info,
+                                    self.total)
         self.clock = TrainClock(float(resume_ckpt.state.get("train_seconds") or 0.0) if resume_ckpt else 0.0)
         self.evaluator = Evaluator(model, self.ema, self.ema_model, self.val_batches, self.splits.val_name,
                                    self.num_classes, c.precision, info, self.metrics, self.clock, self.started,
                                    every_steps=self.steps_per_epoch if c.eval_every == 0 else c.eval_every,
                                    every_minutes=c.eval_every_minutes, steps_per_epoch=self.steps_per_epoch,
-                                   progress=c.progress and self.main)
+                                   progress=c.progress and self.main, sharded=self.sharded)
+        if self.sharded:  # every rank writes its shard
+            def write(run_dir, step, state, keep):
+                return write_sharded_checkpoint(run_dir, step, model, self.optimizer, state, info, keep=keep)
+        else:
+            def write(run_dir, step, state, keep):
+                return write_checkpoint(run_dir, step, model, state, keep=keep)
         self.checkpointer = Checkpointer(self.run_dir, model, self.checkpoint_state, every=c.checkpoint_every,
-                                         keep=c.keep_checkpoints, info=info, write=write_checkpoint,
+                                         keep=c.keep_checkpoints, info=info, write=write, sharded=self.sharded,
                                          resumed_step=resume_ckpt.step if resume_ckpt else None,
                                          resumed_path=resume_ckpt.path if resume_ckpt else None)
         self.bar = tqdm(total=self.total, initial=self.start_step, desc=f"train {self.run_dir.name}", unit="step",
@@ -467,7 +506,13 @@ class _Run:
         model.train()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint holds beside the weights."""
+        """What a checkpoint holds beside the weights (and, sharded, beside the model's and optimizer's shards)."""
+        if self.sharded:
+            return {"rng": rng_state(), "config": self.resolved.to_json(), "world_size": self.info.world_size,
+                    "total_steps": self.total, "model_config": self.model.config.to_dict(),
+                    "preprocessing": self.model.preprocessing.to_dict(),
+                    "data": {"train_images": len(self.train_set), "steps_per_epoch": self.steps_per_epoch},
+                    "train_seconds": self.clock.seconds()}
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
                 "config": self.resolved.to_json(), "world_size": self.info.world_size, "total_steps": self.total,
@@ -480,6 +525,10 @@ class _Run:
         info, model, run_dir, splits = self.info, self.model, self.run_dir, self.splits
         finished = end == self.total or self.out_of_time
         seconds = time.time() - self.started
+        if self.shard_data is not None:  # broken samples met by every rank
+            self.shard_data.gather_bad_files(run_dir / BAD_FILES)
+        if self.sharded and finished:  # the whole model, gathered on rank 0 (every rank takes part; None elsewhere)
+            model = unsharded_copy(model, info)
         if self.main and finished:
             from ..checkpoints import save as save_model
 
@@ -525,7 +574,7 @@ class _Run:
                      f"{resume_command}")
         return TrainResult(run_dir=run_dir, step=end, total_steps=self.total, finished=finished, seconds=seconds,
                            val_name=splits.val_name, final=final, final_ema=final_ema, bad_files=splits.bad_files,
-                           model=model.cpu())
+                           model=model.cpu() if model is not None else None)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
