@@ -35,8 +35,7 @@ def register(sub) -> None:
                    help="hold-out share per class (default: the run's, else 0.1)")
     p.add_argument("--split-seed", type=_args.count, help="hold-out seed (default: the run's, else 0)")
     p.add_argument("--limit-per-class", type=_args.positive_int, help="evaluate at most this many images per class")
-    p.add_argument("--max-bad-fraction", type=_args.share, default=0.01,
-                   help="stop when more of the files are unreadable")
+    _args.add_max_bad(p, 0.01)
     p.add_argument("--batch-size", type=_args.positive_int, default=64)
     p.add_argument("--num-workers", type=_args.int_range(-1), default=-1, help="loader processes (-1 chooses)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
