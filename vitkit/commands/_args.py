@@ -72,7 +72,9 @@ def add_model(p, alias: str | None = None, extra: str = "") -> None:
 
 def add_output(p, help: str, *aliases: str, default=None) -> None:
     """-o/--output: the file or folder written (older spellings in `aliases` still work)."""
-    p.add_argument("-o", "--output", *aliases, dest="output", metavar="PATH", default=default, help=help)
+    p.add_argument("-o", "--output", dest="output", metavar="PATH", default=default, help=help)
+    for alias in aliases:  # working, not advertised
+        p.add_argument(alias, dest="output", metavar="PATH", default=default, help=argparse.SUPPRESS)
 
 
 def add_json(p, help: str = "print the result as JSON on stdout (status lines go to stderr)") -> None:

@@ -25,7 +25,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _args.add_model(p, alias="--checkpoint")
     p.add_argument("--data", metavar="DIR", help="'digits', an ImageFolder tree or a CIFAR folder; default: the run's "
-                   "data when CKPT belongs to a run")
+                   "data when MODEL belongs to a run")
     p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
                    help="auto: the data's val/test split, or every image of a plain class folder (the hold-out when "
                    "it is the run's own data); holdout: the hold-out a training run takes; all: every image")
