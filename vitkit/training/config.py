@@ -41,8 +41,9 @@ class TrainConfig:
     """Everything a training run needs; `resolved()` fills in what depends on the data and the model."""
 
     # ------------------------------------------------------------------------------------------------ data
-    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, or a "
-                   "CIFAR-10/100 python-pickle folder")
+    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, a "
+                   "CIFAR-10/100 python-pickle folder, or tar shards of vitkit data pack ('OUT/shard-{000000..000009}"
+                   ".tar', the folder OUT, an http(s):// or pipe: pattern)")
     val_split: str = _f("auto", "auto: the data's own val/test split if it has one, else a hold-out from train; "
                         "holdout: always hold out from train; none: no evaluation set")
     val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)", range=RATE)
