@@ -64,3 +64,24 @@ def test_onnx_static_and_dynamic_int8_keep_the_metadata(setup):
         assert exported.precision.startswith(f"int8 {name}")
         assert exported.class_names == model.class_names and exported.source_sha256 == "ab" * 32
         assert 0 < relative_error(exported(images), want) < 0.15
+
+
+def test_export_cli_writes_int8_onnx_files(setup, capsys):
+    from vitkit.cli import main
+
+    tmp, data, model = setup
+    vitkit.save(model, tmp / "tiny.safetensors")
+    assert main(["export", str(tmp / "tiny.safetensors"), "-o", str(tmp / "cli-static.onnx"), "--int8", "static",
+                 "--calibration", str(data), "--calibration-images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 static" in out and "calibration images" in out
+    exported = load_exported(tmp / "cli-static.onnx")
+    assert exported.precision.startswith("int8 static") and "over 16 images" in exported.precision
+    assert exported.class_names == model.class_names
+    assert main(["export", str(tmp / "tiny.safetensors"), "-o", str(tmp / "cli-dynamic.onnx"), "--int8", "dynamic"]) == 0
+    assert load_exported(tmp / "cli-dynamic.onnx").precision.startswith("int8 dynamic")
+    capsys.readouterr()
+    assert main(["export", str(tmp / "tiny.safetensors"), "-o", str(tmp / "x.onnx"), "--int8", "static"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert main(["export", str(tmp / "tiny.safetensors"), "-o", str(tmp / "x.pt2"), "--int8", "dynamic"]) == 2
+    assert not (tmp / "x.onnx").exists() and not (tmp / "x.pt2").exists()

@@ -29,18 +29,23 @@ ONNX_QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")  # the products; LayerNorm, Soft
 def calibration_batches(data: str | os.PathLike, preprocessing, count: int = 256, batch_size: int = 32,
                         seed: int = 0, val_per_class: int | None = None, split_seed: int = 0,
                         log=print) -> list[torch.Tensor]:
-    """`count` images drawn at random (seeded) from the training split of an image folder, prepared as
-    `preprocessing` says (vitkit's evaluation transform), in batches. With `val_per_class`, the hold-out a training
+    """`count` images drawn at random (seeded) from the training split of an image folder (or any data `vitkit
+    train --data` takes), prepared as `preprocessing` says, in batches. With `val_per_class`, the hold-out a training
     run takes (`--val-per-class`, `--split-seed`) is left out, so that calibration never sees evaluation images."""
-    from .data import TransformedImages, eval_transform
     from .data.sources import open_data
 
     splits = open_data(str(data), want_train=True, want_val=val_per_class is not None,
                        val_split="holdout" if val_per_class is not None else "auto",
                        val_per_class=val_per_class, split_seed=split_seed, log=log, progress=False)
-    images = splits.train
-    if images is None or len(images) == 0:
+    if splits.train is None or len(splits.train) == 0:
         raise ValueError(f"{data}: no training images to calibrate on")
+    return draw_calibration(splits.train, preprocessing, count, batch_size, seed)
+
+
+def draw_calibration(images, preprocessing, count: int = 256, batch_size: int = 32, seed: int = 0) -> list[torch.Tensor]:
+    """`count` images of an ImageSet drawn at random (seeded), prepared by vitkit's evaluation transform, batched."""
+    from .data import TransformedImages, eval_transform
+
     gen = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(images), generator=gen)[:count].tolist()
     dataset = TransformedImages(images, eval_transform(preprocessing))
@@ -165,5 +170,5 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-__all__ = ["calibration_batches", "quantize_pt2e", "quantize_onnx_static", "quantize_onnx_dynamic", "cpu_has_vnni",
+__all__ = ["calibration_batches", "draw_calibration", "quantize_pt2e", "quantize_onnx_static", "quantize_onnx_dynamic", "cpu_has_vnni",
            "ONNX_QUANTIZED_OPS"]

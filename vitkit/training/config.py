@@ -163,6 +163,8 @@ class TrainConfig:
     stop_after: int | None = _f(None, "end this invocation after this many steps (the schedule still spans all)",
                                 range=AT_LEAST_ONE)
     progress: bool = _f(True, "show progress bars")
+    log: str = _f("none", "experiment loggers beside metrics.jsonl and metrics.csv (always written): tensorboard "
+                  "(event files in RUN/tensorboard), wandb (when installed), both comma-separated, or none")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
     # ------------------------------------------------------------------- fidelity to the papers (issue 19)
@@ -275,6 +277,9 @@ class TrainConfig:
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):
             fail(f"eval_every_minutes must be >= 0, got {self.eval_every_minutes}")
+        from .metrics_log import parse_loggers
+
+        parse_loggers(self.log)
         if self.progressive_min_size is not None and self.progressive_min_size < 1:
             fail(f"progressive_min_size must be positive, got {self.progressive_min_size}")
         if not 0 <= self.progressive_until <= 1:
