@@ -25,7 +25,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _args.add_model(p, alias="--checkpoint")
     p.add_argument("--data", metavar="DIR", help="'digits', an ImageFolder tree or a CIFAR folder; default: the run's "
-                   "data when CKPT belongs to a run")
+                   "data when MODEL belongs to a run")
     p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
                    help="auto: the data's val/test split, or every image of a plain class folder (the hold-out when "
                    "it is the run's own data); holdout: the hold-out a training run takes; all: every image")
@@ -35,8 +35,7 @@ def register(sub) -> None:
                    help="hold-out share per class (default: the run's, else 0.1)")
     p.add_argument("--split-seed", type=_args.count, help="hold-out seed (default: the run's, else 0)")
     p.add_argument("--limit-per-class", type=_args.positive_int, help="evaluate at most this many images per class")
-    p.add_argument("--max-bad-fraction", type=_args.share, default=0.01,
-                   help="stop when more of the files are unreadable")
+    _args.add_max_bad(p, 0.01)
     p.add_argument("--batch-size", type=_args.positive_int, default=64)
     p.add_argument("--num-workers", type=_args.int_range(-1), default=-1, help="loader processes (-1 chooses)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
@@ -61,7 +60,6 @@ def run(args) -> int:
     import numpy as np
 
     from .. import load
-    from ..data import open_data
     from ..errors import UsageError
     from ..eval.evaluate import (eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion)
     from ..hub.resolve import model_source
@@ -82,33 +80,22 @@ def run(args) -> int:
             run_config = load_run_config(run_dir)
         except (UsageError, ValueError):
             run_config = None
-    data = args.data or (run_config.data if run_config is not None else None)
-    if data is None:
-        raise UsageError("--data is needed (the checkpoint is not inside a vitkit run folder)")
-    same_data = run_config is not None and str(data) == str(run_config.data)
-    split = args.split
-    if split == "auto":
-        flat_eval, val_split = ("holdout" if same_data else "all"), "auto"
-    else:
-        flat_eval, val_split = split, ("holdout" if split == "holdout" else "auto")
-
-    def pick(name, fallback):
-        given = getattr(args, name)
-        if given is not None:
-            return given
-        return getattr(run_config, name) if same_data else fallback
-
     say = _args.status(args)
     shots = None
     if args.few_shot:
         from ..eval.fewshot import parse_shots
 
         shots = parse_shots(args.few_shot)
-    splits = open_data(str(data), want_train=shots is not None, want_val=True, val_split=val_split,
-                       val_fraction=pick("val_fraction", 0.1), val_per_class=pick("val_per_class", None),
-                       split_seed=pick("split_seed", 0), limit_per_class=args.limit_per_class,
-                       max_bad_fraction=args.max_bad_fraction, flat_eval=flat_eval, log=say,
-                       progress=args.progress)
+    from ..training.holdout import open_eval_set
+
+    chosen = open_eval_set(args.data, run_dir=run_dir, run_config=run_config, split=args.split,
+                           want_train=shots is not None, val_fraction=args.val_fraction,
+                           val_per_class=args.val_per_class, split_seed=args.split_seed,
+                           limit_per_class=args.limit_per_class, max_bad_fraction=args.max_bad_fraction, log=say,
+                           progress=args.progress)
+    splits, data = chosen.splits, chosen.data
+    if chosen.note:
+        say(f"note: {chosen.note}")
     images = splits.val
     if images is None or len(images) == 0:
         raise UsageError(f"--data {data}: no images to evaluate")
@@ -147,6 +134,7 @@ def run(args) -> int:
         "per_class": {name: (None if np.isnan(acc) else float(acc)) for name, acc in zip(names, per_class)},
         "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()},
         "skipped_files": [p for p, _ in splits.bad_files],
+        **({"note": chosen.note} if chosen.note else {}),
         "confusion_png": str(png),
     }
     if shots is not None:

@@ -99,16 +99,10 @@ def resolve(args):
 
 def check_resume_folder(path: Path) -> None:
     """--resume takes a run folder (runs/NAME, with its config.json) or one of its checkpoint folders
-    (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError saying so."""
-    from ..errors import UsageError
-    from ..training.trainer import CONFIG_FILE
+    (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError naming the folder to pass."""
+    from ..training.run_folder import resolve_resume
 
-    wanted = "--resume takes a run folder (runs/NAME) or one of its checkpoint folders (runs/NAME/checkpoints/step_N)"
-    if not path.is_dir():
-        raise UsageError(f"{wanted}; {path} is a file")
-    run_dir = path.parent.parent if path.name.startswith("step_") and path.parent.name == "checkpoints" else path
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UsageError(f"{wanted}; {path} is a folder without the run's {CONFIG_FILE}")
+    resolve_resume(path)
 
 
 def run(args) -> int:
@@ -122,7 +116,7 @@ def run(args) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    from ..training.trainer import TrainingError, train
+    from ..training.trainer import TrainingError, TrainingInterrupted, train
 
     log = None
     if args.quiet:
@@ -133,4 +127,6 @@ def run(args) -> int:
     except TrainingError as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted:  # the checkpoint is saved and the resume command printed
+        return 130
     return 0
