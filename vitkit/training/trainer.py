@@ -92,16 +92,18 @@ def _format_seconds(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, provenance: str | None = None) -> TrainResult:
     """Train as `config` says; `resume=True` continues the run out_dir/name from its newest readable checkpoint,
     `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this. The run folder is
     locked for the call's life: a second writer gets a UsageError naming this process. Ctrl-C saves a checkpoint
-    and raises `TrainingInterrupted`, whose message is the command that continues the run."""
+    and raises `TrainingInterrupted`, whose message is the command that continues the run. `provenance` (the
+    source of each value, from `vitkit.api.resolve_training`) is saved as RUN/provenance.json."""
     config.validate()
     parse_loggers(config.log)
     info = distributed.setup(config.device)
     created_group = info.enabled
     run = _Run(config, info, resume, log)
+    run.provenance = provenance
     try:
         with deterministic_mode(config.deterministic, config.threads):
             return run.run()
@@ -141,6 +143,7 @@ class _Run:
         self.restart = False  # --resume of a run that had written no checkpoint
         self.lock = RunLock(Path(config.out_dir) / (config.name or "unnamed"))
         self.out_of_time = self.interrupted = False
+        self.provenance: str | None = None
 
     def say(self, message: str) -> None:
         if not self.main:
@@ -416,6 +419,8 @@ class _Run:
                 self.lock = self.lock if self.lock.fd is not None else RunLock(run_dir).acquire()
                 self.check_fresh(run_dir)  # again, under the lock: another process may have started it meanwhile
             atomic_write_text(run_dir / CONFIG, self.resolved.to_json() + "\n")
+            if self.provenance is not None:
+                atomic_write_text(run_dir / run_folder.PROVENANCE, self.provenance)
             atomic_write_text(run_dir / RUN_INFO, json.dumps({
                 "classes": self.classes, "data": self.splits.description, "train_images": len(self.train_set),
                 "val_images": len(self.val_set) if self.val_set is not None else 0,
