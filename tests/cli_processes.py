@@ -90,14 +90,16 @@ json.dump(results, sys.stdout)
 """
 
 
-def run_vitkit_many(cases: list[list[str]], cwd: Path, watch: Path, scratch: Path, env: dict | None = None) -> list[dict]:
+def run_vitkit_many(cases: list[list[str]], cwd: Path, watch: Path, scratch: Path,
+                    env: dict | None = None) -> list[dict]:
     """[{argv, code, stdout, stderr, changed}] for each command line, run in `cwd`; `changed` lists the paths
     under `watch` (relative, folders ending in /) that the command created, changed or removed. `scratch` holds
     the children's captured output and must lie outside `watch`."""
     scratch.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    request = {"cwd": str(cwd), "watch": str(watch), "out_dir": str(scratch), "cases": [list(map(str, c)) for c in cases]}
+    request = {"cwd": str(cwd), "watch": str(watch), "out_dir": str(scratch),
+               "cases": [list(map(str, c)) for c in cases]}
     done = subprocess.run([sys.executable, "-c", SERVER], input=json.dumps(request), capture_output=True, text=True,
                           env=env, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -72,11 +72,22 @@ def add_model(p, alias: str | None = None, extra: str = "") -> None:
 
 def add_output(p, help: str, *aliases: str, default=None) -> None:
     """-o/--output: the file or folder written (older spellings in `aliases` still work)."""
-    p.add_argument("-o", "--output", *aliases, dest="output", metavar="PATH", default=default, help=help)
+    p.add_argument("-o", "--output", dest="output", metavar="PATH", default=default, help=help)
+    for alias in aliases:  # working, not advertised
+        p.add_argument(alias, dest="output", metavar="PATH", default=default, help=argparse.SUPPRESS)
 
 
 def add_json(p, help: str = "print the result as JSON on stdout (status lines go to stderr)") -> None:
     p.add_argument("--json", action="store_true", help=help)
+
+
+def add_max_bad(p, default: float) -> None:
+    """--max-bad-fraction: the one policy for unreadable images (skipped and counted in one warning; the command
+    stops when more than this share of the files are unreadable, and always when none is left)."""
+    p.add_argument("--max-bad-fraction", type=share, default=default, metavar="X",
+                   help=f"stop when more than this share of the image files cannot be read (default {default:g}"
+                   + ("; unreadable files are skipped, counted and named in one warning)" if default < 1 else
+                      ": skip any, stop only when none is left)"))
 
 
 def add_runtime(p, *, device: bool = True, threads: bool = True, progress: bool = True) -> None:

@@ -20,7 +20,7 @@ def _parse_override(text: str):
 
 
 def register(sub) -> None:
-    from ..bench import PEERS, PRECISIONS, TASKS
+    from ..bench import ALL_PEERS, PEERS, PRECISIONS, TASKS
     from . import _args
 
     p = sub.add_parser(
@@ -41,10 +41,13 @@ def register(sub) -> None:
                    help="fp32, bf16 (vitkit: weights cast once; peers: autocast and bf16 weights), int8 (torchao)")
     p.add_argument("--tasks", nargs="+", default=["infer", "latency"], choices=TASKS,
                    help="infer (throughput), latency (batch 1), train (a step with AdamW); default infer latency")
-    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS, help="default: all installed")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=ALL_PEERS,
+                   help="default: timm torchvision hf, those installed; ort (ONNX Runtime) and openvino run "
+                   "vitkit's ONNX export in fp32, bf16 where the CPU has it, int8 dynamic and static")
     p.add_argument("--repeats", type=_args.positive_int, default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=_args.count, default=2, help="warm-up calls per implementation (default 2)")
-    p.add_argument("--compile", action="store_true", help="also time vitkit under torch.compile")
+    p.add_argument("--compile", action="store_true", help="also time vitkit under torch.compile (and, for int8, "
+                   "vitkit's static int8 by PT2E, which needs inductor)")
     p.add_argument("--no-plain", dest="plain", action="store_false", help="leave out vitkit's plain-path rows")
     p.add_argument("--loss-steps", type=_args.count, default=20,
                    help="training: compare loss trajectories over this many steps (0 skips; default 20)")

@@ -25,7 +25,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _args.add_model(p, alias="--checkpoint")
     p.add_argument("--data", metavar="DIR", help="'digits', an ImageFolder tree or a CIFAR folder; default: the run's "
-                   "data when CKPT belongs to a run")
+                   "data when MODEL belongs to a run")
     p.add_argument("--split", choices=("auto", "holdout", "all"), default="auto",
                    help="auto: the data's val/test split, or every image of a plain class folder (the hold-out when "
                    "it is the run's own data); holdout: the hold-out a training run takes; all: every image")
@@ -35,8 +35,7 @@ def register(sub) -> None:
                    help="hold-out share per class (default: the run's, else 0.1)")
     p.add_argument("--split-seed", type=_args.count, help="hold-out seed (default: the run's, else 0)")
     p.add_argument("--limit-per-class", type=_args.positive_int, help="evaluate at most this many images per class")
-    p.add_argument("--max-bad-fraction", type=_args.share, default=0.01,
-                   help="stop when more of the files are unreadable")
+    _args.add_max_bad(p, 0.01)
     p.add_argument("--batch-size", type=_args.positive_int, default=64)
     p.add_argument("--num-workers", type=_args.int_range(-1), default=-1, help="loader processes (-1 chooses)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",

@@ -46,6 +46,7 @@ def register(sub) -> None:
     q.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
                    help="how to combine the heads of a layer before rolling out (default mean, as the paper)")
     q.add_argument("--batch-size", type=_args.positive_int, default=16, help="images per forward pass (default 16)")
+    _args.add_max_bad(q, 1.0)
     runtime(q)
 
     q = kinds.add_parser("distance", help="mean attention distance of every head at every depth",
@@ -59,6 +60,7 @@ def register(sub) -> None:
                    help="random sample of this many images (default 128)")
     q.add_argument("--seed", type=_args.count, default=0, help="seed of the sample (default 0)")
     q.add_argument("--batch-size", type=_args.positive_int, default=32, help="images per forward pass (default 32)")
+    _args.add_max_bad(q, 1.0)
     runtime(q)
 
     q = kinds.add_parser("posemb", help="cosine similarity of the position embeddings",
@@ -99,11 +101,11 @@ def _warn(message: str) -> None:
     print(f"vitkit: warning: {message}", file=sys.stderr)
 
 
-def _read(files) -> tuple[list[str], list]:
+def _read(files, max_bad_fraction: float) -> tuple[list[str], list]:
     """(paths, RGB images) of the readable files; the others skipped with one warning, an error if none is left."""
     from ..data import read_images
 
-    good, _ = read_images(files, log=_warn)
+    good, _ = read_images(files, log=_warn, max_bad_fraction=max_bad_fraction)
     return [path for path, _ in good], [image for _, image in good]
 
 
@@ -144,7 +146,7 @@ def _attention(args) -> int:
     files = gather_image_files(args.images, log=_warn)  # before the model: a wrong path costs nothing
     model = _load(args)
     device = next(model.parameters()).device
-    paths, images = _read(files)
+    paths, images = _read(files, args.max_bad_fraction)
     maps, pixels = [], []
     for start in range(0, len(images), args.batch_size):
         batch, batch_pixels = prepare_images(images[start:start + args.batch_size], model)
@@ -175,7 +177,7 @@ def _distance(args) -> int:
     files = find_images(args.data, limit=args.num_images, seed=args.seed, log=_warn)
     model = _load(args)
     device = next(model.parameters()).device
-    files, images = _read(files)
+    files, images = _read(files, args.max_bad_fraction)
     batches = (prepare_images(images[start:start + args.batch_size], model)[0].to(device)
                for start in range(0, len(images), args.batch_size))
     distances = mean_attention_distance(model, batches)  # (layers, heads)
@@ -184,7 +186,8 @@ def _distance(args) -> int:
     plot_attention_distance(distances, args.output, image_size=model.preprocessing.image_size, uniform=uniform)
     lines = [f"mean attention distance in pixels over {len(files)} images ({tuple(model.preprocessing.image_size)} px "
              f"input, {patch[0]}x{patch[1]} px patches):", f"{'layer':>5} {'min':>7} {'mean':>7} {'max':>7}"]
-    lines += [f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}" for layer, row in enumerate(distances)]
+    lines += [f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}"
+              for layer, row in enumerate(distances)]
     lines += [f"(uniform attention would give {uniform:.1f} px)", f"wrote {args.output}"]
     report = {"model": str(args.model), "images": len(files), "png": str(args.output), "uniform_px": uniform,
               "mean_attention_distance_px": distances.tolist()}

@@ -18,6 +18,7 @@ def register(sub) -> None:
     _args.add_model(p, extra="; or a file `vitkit export` wrote (.onnx: run with onnxruntime; .pt2: with torch; CPU)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image file inside); "
                    "unreadable files are skipped with one warning (and an error record with --json)")
+    _args.add_max_bad(p, 1.0)
     p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
     _args.add_json(p, "print JSON on stdout: one object per image")
     p.add_argument("--batch-size", type=_args.positive_int, default=32)
@@ -59,7 +60,8 @@ def run(args) -> int:
     transform = eval_transform(model.preprocessing)
 
     paths = gather_image_files(args.images, log=_warn)  # folders: their image files, other files ignored
-    readable, unreadable = read_images(paths, log=_warn)  # skipped with one warning; an error if none is left
+    # skipped and counted in one warning; an error above --max-bad-fraction, or when none is left
+    readable, unreadable = read_images(paths, log=_warn, max_bad_fraction=args.max_bad_fraction)
     records = {path: {"image": path, "error": reason} for path, reason in unreadable}
     good = [path for path, _ in readable]
     images = [image for _, image in readable]

@@ -41,8 +41,9 @@ class TrainConfig:
     """Everything a training run needs; `resolved()` fills in what depends on the data and the model."""
 
     # ------------------------------------------------------------------------------------------------ data
-    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, or a "
-                   "CIFAR-10/100 python-pickle folder")
+    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, a "
+                   "CIFAR-10/100 python-pickle folder, or tar shards of vitkit data pack ('OUT/shard-{000000..000009}"
+                   ".tar', the folder OUT, an http(s):// or pipe: pattern)")
     val_split: str = _f("auto", "auto: the data's own val/test split if it has one, else a hold-out from train; "
                         "holdout: always hold out from train; none: no evaluation set")
     val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)", range=RATE)
@@ -193,7 +194,7 @@ class TrainConfig:
     fsdp_param_dtype: str = _f("fp32", "fsdp: dtype the gathered parameters compute in (bf16: mixed precision; "
                                "master weights, gradient reduction and optimizer stay fp32)")
     checkpoint_blocks: bool = _f(False, "activation checkpointing: each encoder block recomputes its activations "
-                                 "in the backward pass (less memory, about a third more compute)")
+                                 "in the backward pass (less memory, for one more forward pass per block)")
     shard_streams: int = _f(8, "data given as tar shards: lanes the stream is cut into (fixed by the config, not "
                             "the world size; a multiple of processes x loader workers reads no shard twice)",
                             range=AT_LEAST_ONE)

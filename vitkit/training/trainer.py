@@ -12,9 +12,9 @@ of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipeline
 step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
 torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
 dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
-than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer, the grad scaler,
-the EMA and the step to continue exactly where the uninterrupted run would have been; the global random states
-are saved and restored as well, for code that uses them outside the loop.
+than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
+the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
+random states are saved and restored as well, for code that uses them outside the loop.
 """
 
 from __future__ import annotations
