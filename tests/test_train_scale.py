@@ -163,3 +163,12 @@ def test_a_broken_sample_in_the_shards_is_skipped_counted_and_listed(tmp_path, s
     listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
     assert listed == [f"{where}\t{reason}"]
     assert records(result.run_dir, "summary")[0]["bad_files"] == 1
+
+
+def test_a_sharded_checkpoint_is_named_as_such_where_a_model_is_expected(runs):
+    from vitkit.errors import CheckpointError
+    from vitkit.training.checkpoint import resolve_model_path
+
+    folder = list_checkpoints(runs["fsdp"])[0][1]
+    with pytest.raises(CheckpointError, match="a sharded .*checkpoint without model.safetensors; continue the run"):
+        resolve_model_path(folder)
