@@ -62,6 +62,14 @@ def test_a_setting_the_pipeline_cannot_honour_is_refused():
         resolve_training("digits", {"pipeline": "tensor", "randaugment_ops": 2}, log=None)
 
 
+def test_smoke_shrinks_what_the_user_did_not_set():
+    shrunk = resolve_training("deit", {"data": "digits"}, smoke=True, log=None)
+    assert shrunk.config.batch_size == 8 and shrunk.sources["batch_size"] == "smoke"
+    mine = resolve_training("deit", {"data": "digits", "batch_size": 4, "steps": 2}, smoke=True, log=None)
+    assert (mine.config.batch_size, mine.config.steps) == (4, 2)
+    assert mine.sources["batch_size"] == mine.sources["steps"] == "setting"
+
+
 def test_resume_keeps_the_runs_config_and_records_sources(tmp_path, capsys):
     flags = ["--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width", "32", "--depth", "1",
              "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--steps", "3", "--stop-after", "2",

@@ -153,7 +153,9 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
             raise UsageError("vitkit finetune needs --from NAME|CHECKPOINT (also spelt --init-from)")
     if smoke:
         before = config.to_dict()
-        config = shrink(config)
+        shrunk = shrink(config)
+        # what the user set explicitly wins over the shrink (--smoke --batch-size 4 trains at 4)
+        config = shrunk.replace(**{k: before[k] for k in settings if k in before and before[k] != getattr(shrunk, k)})
         sources.update({k: "smoke" for k, v in config.to_dict().items() if before[k] != v})
     return Resolved(config.validate(), sources, False, chosen)  # (settings a pipeline cannot honour: refused)
 
