@@ -4,9 +4,10 @@
     torchrun --standalone --nproc-per-node 2 -m vitkit train   # several: each rank runs this same function
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
-step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
-torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines); Mixup/CutMix of (seed, step,
+micro-batch), pairing images by their position in the global micro-batch (`mixing`); the masks of stochastic
+depth and patch dropout are this rank's rows of the global micro-batch's (`VisionTransformer.share_masks`). So N
+processes under torchrun compute the steps of one process, to float rounding. Not so dropout and attention
 dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
 than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
 the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
@@ -618,7 +619,7 @@ class _Run:
                 lr = plan.lr
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                torch.manual_seed(mix_seed(c.seed, step, info.rank, 0xD209))  # dropout, stochastic depth
+                torch.manual_seed(mix_seed(c.seed, step, info.rank, 0xD209))  # dropout
                 step_loss = torch.zeros((), device=device)
                 for micro in range(c.accum_steps):
                     images, labels = next(batches)
@@ -630,6 +631,9 @@ class _Run:
                                                 world_size=info.world_size, mixup_alpha=c.mixup_alpha,
                                                 cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
                                                 smoothing=c.label_smoothing, seed=mix_seed(c.seed, step, micro, 0x313))
+                    shard = images.shape[0]  # stochastic depth, patch dropout: this rank's rows of the global masks
+                    model.share_masks((mix_seed(c.seed, step, micro, 0xD20F), info.rank * shard,
+                                       shard * info.world_size))
                     sync = ddp.no_sync() if ddp is not None and micro < c.accum_steps - 1 else contextlib.nullcontext()
                     with sync:
                         with autocast(device, c.precision):
