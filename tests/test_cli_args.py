@@ -66,7 +66,7 @@ CASES = [
     (["inspect", "filters", CKPT, "--components", "0"], "--components", ">= 1, got 0"),
     (["bench", "--repeats", "0"], "--repeats", ">= 1, got 0"),
     (["bench", "--warmup", "-1"], "--warmup", ">= 0, got -1"),
-    (["bench", "--threads", "0"], "--threads", ">= 1, got 0"),
+    (["bench", "--threads", "-1"], "--threads", ">= 0, got -1"),
     (["bench", "--batch-size", "0"], "--batch-size", ">= 1, got 0"),
     (["bench", "--device", "gpu"], "--device", "auto, cpu, cuda, cuda:N or mps"),
     (["models", "--image-size", "0"], "--image-size", ">= 1, got 0"),

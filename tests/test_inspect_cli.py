@@ -41,8 +41,12 @@ def check_png(path, min_side=100, max_side=4000):
 def test_inspect_attention(workspace, tmp_path, capsys):
     out = tmp_path / "figs" / "attention.png"
     images = [str(workspace / "data" / "cats" / "0.png"), str(workspace / "grey.jpg")]
-    code = main(["inspect", "attention", str(workspace / "model.safetensors"), *images, "--out", str(out),
-                 "--arrays", str(tmp_path / "attention.npz"), "--batch-size", "1"])
+    argv = ["inspect", "attention", str(workspace / "model.safetensors"), *images, "--out", str(out),
+            "--arrays", str(tmp_path / "attention.npz"), "--batch-size", "1"]
+    assert main(argv) == 2  # the PNG's folder is not made for it
+    assert f"the folder {out.parent} does not exist" in capsys.readouterr().err
+    out.parent.mkdir()
+    code = main(argv)
     assert code == 0
     check_png(out)
     check_png(tmp_path / "figs" / "attention_heads.png")

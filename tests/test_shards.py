@@ -40,10 +40,8 @@ def packed(tmp_path_factory) -> Path:
 
 def stream_items(shards, start=0, count=40, rank=0, world_size=1, workers=0, streams=4, buffer=7, seed=3):
     stream = ShardStream(shards, to_tensor, streams=streams, buffer=buffer, seed=seed, rank=rank,
-                         world_size=world_size, start=start, stop=start + count * world_size)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                         collate_fn=lambda item: item)
-    return [(x, label) for x, label in loader]
+                         world_size=world_size, start=start, stop=start + count * world_size, chunk=5)
+    return [(x, label) for x, label in stream.samples(workers)]
 
 
 def test_pack_writes_shards_and_an_index(packed):
@@ -129,13 +127,13 @@ def test_http_pattern_through_a_real_server(packed):
 def test_order_covers_every_sample_once_per_epoch(packed):
     shards = open_shards(str(packed), log=quiet)
     stream = ShardStream(shards, lambda image: image, streams=3, buffer=7, seed=0, stop=120)
-    keys = [item for item in iter(stream)]
+    keys = list(stream.samples())
     assert len(keys) == 120
     labels = sorted(label for _, label in keys)
     expected = sorted(int(s["cls"]) for url in shards.urls for s in iterate_shard(url))
     assert labels == expected
     second = ShardStream(shards, lambda image: image, streams=3, buffer=7, seed=1, stop=120)
-    assert [label for _, label in second] != [label for _, label in keys]  # another seed, another order
+    assert [label for _, label in second.samples()] != [label for _, label in keys]  # another seed, another order
 
 
 def test_ranks_and_workers_split_one_global_order(packed):

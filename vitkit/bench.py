@@ -1,4 +1,5 @@
-"""Throughput, latency and training speed of vitkit against timm, torchvision and transformers, side by side.
+"""Throughput, latency and training speed of vitkit against timm, torchvision and transformers, and against the
+deployment runtimes ONNX Runtime and OpenVINO (`--peers ort openvino`, rows built in `bench_runtimes`), side by side.
 
 Every implementation gets the same architecture and the same weights (converted with vitkit's own adapters; the
 outputs are compared to vitkit's to prove it), the same input, the same threads, in the same process. After warm-up,
@@ -43,13 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bench_runtimes import RUNTIMES, runtime_candidates, runtime_files
 from .configs import ViTConfig
 from .models import count_flops, create_model
 from .models.fast import optimize_for_inference, plain_path, quantize_int8
 
 PRECISIONS = ("fp32", "bf16", "int8")
 TASKS = ("infer", "latency", "train")
-PEERS = ("timm", "torchvision", "hf")
+PEERS = ("timm", "torchvision", "hf")  # the same model in another PyTorch library (the default peers)
+ALL_PEERS = PEERS + RUNTIMES  # and vitkit's ONNX export run by a deployment runtime
 
 
 @dataclass
@@ -84,9 +87,9 @@ class BenchSettings:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; expected some of {TASKS}")
-        bad = [p for p in self.peers if p not in PEERS]
+        bad = [p for p in self.peers if p not in ALL_PEERS]
         if bad:
-            raise ValueError(f"unknown peer(s) {bad}; expected some of {PEERS}")
+            raise ValueError(f"unknown peer(s) {bad}; expected some of {ALL_PEERS}")
         if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError("repeats and batch_size must be at least 1, warmup at least 0")
 
@@ -246,6 +249,8 @@ def _peer_models(settings: BenchSettings, model: nn.Module, notes: list[str]) ->
     peers = {}
     module_names = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
     for peer in settings.peers:
+        if peer in RUNTIMES:  # not a PyTorch module: rows of their own (bench_runtimes)
+            continue
         if not _installed(module_names[peer]):
             notes.append(f"{peer}: not installed, skipped")
             continue
@@ -257,8 +262,10 @@ def _peer_models(settings: BenchSettings, model: nn.Module, notes: list[str]) ->
 
 
 def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Module, peers: dict,
-                          images: torch.Tensor, device: torch.device) -> list[Candidate]:
-    """Rows for one precision; each run() returns logits."""
+                          images: torch.Tensor, device: torch.device, runtimes=None,
+                          notes: list[str] | None = None) -> list[Candidate]:
+    """Rows for one precision; each run() returns logits. `runtimes`: the bench_runtimes.RuntimeFiles the
+    deployment runtimes' rows run (None: no such rows)."""
     rows: list[Candidate] = []
     autocast = lambda: torch.autocast(device.type, torch.bfloat16)  # noqa: E731
 
@@ -305,10 +312,23 @@ def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Mod
         fast = optimize_for_inference(model)
         rows.append(Candidate("vitkit", "fp32, fast path", precision, frozen(fast, vitkit_forward, images),
                               model_bytes(fast)))
+        if settings.compile:
+            from .quantize import quantize_pt2e
+
+            static = quantize_pt2e(model, runtimes.calibration if runtimes else [images], compile=True)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                static(images)  # compiles
+            rows.append(Candidate("vitkit", "int8 static (PT2E, x86 Inductor quantizer, compiled)", precision,
+                                  frozen(static, vitkit_forward, images), model_bytes(static),
+                                  compile_seconds=time.perf_counter() - start))
         for name, (peer, forward) in peers.items():
             peer8 = quantize_int8(peer)
             rows.append(Candidate(name, "int8 dynamic (torchao)", precision, frozen(peer8, forward, images),
                                   model_bytes(peer8)))
+    if runtimes is not None:
+        rows += runtime_candidates([p for p in settings.peers if p in RUNTIMES], precision, runtimes, images,
+                                   notes if notes is not None else [])
     if settings.compile and precision in ("fp32", "bf16"):
         compiled = optimize_for_inference(model, torch.bfloat16 if precision == "bf16" else None, compile=True)
         start = time.perf_counter()
@@ -509,7 +529,7 @@ def machine_info(device: torch.device) -> dict:
             info["cpu"] = names[0]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    for name in ("timm", "torchvision", "transformers", "torchao"):
+    for name in ("timm", "torchvision", "transformers", "torchao", "onnxruntime", "openvino"):
         if _installed(name):
             with contextlib.suppress(Exception):
                 info[name] = __import__(name).__version__
@@ -543,6 +563,23 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         reference = {"infer": model(batch), "latency": model(batch[:1])}  # fp32 plain path: what all must compute
 
     rows, trajectories = [], []
+    with contextlib.ExitStack() as stack:
+        files = None
+        if any(p in RUNTIMES for p in settings.peers):
+            if device.type != "cpu":
+                notes.append(f"ort, openvino: measured on the CPU only, not on {device}; skipped")
+            else:
+                files = stack.enter_context(runtime_files(model, batch, settings.seed, log))
+        _run_tasks(settings, model, peers, batch, labels, device, ceilings, reference, files, notes, rows,
+                   trajectories, log)
+    settings_dict = dataclasses.asdict(settings)
+    return {"settings": settings_dict, "config": config.to_dict(), "machine": machine_info(device),
+            "ceilings": ceilings, "results": rows, "loss_trajectories": trajectories, "notes": notes}
+
+
+def _run_tasks(settings, model, peers, batch, labels, device, ceilings, reference, files, notes, rows, trajectories,
+               log) -> None:
+    config = model.config
     for task in settings.tasks:
         for precision in settings.precisions:
             if task == "train" and precision == "int8":
@@ -557,7 +594,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
                 images, flops, ref = settings.batch_size, 3 * count_flops(config, settings.batch_size), None
             else:
                 x = batch if task == "infer" else batch[:1]
-                candidates = _inference_candidates(settings, precision, model, peers, x, device)
+                candidates = _inference_candidates(settings, precision, model, peers, x, device, files, notes)
                 images, flops, ref = x.shape[0], count_flops(config, x.shape[0]), reference[task]
                 executed = count_flops(config, x.shape[0], inference=True)
                 if executed < flops and precision == settings.precisions[0]:
@@ -568,9 +605,6 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
             if task == "train" and settings.loss_steps > 0:
                 log(f"train, {precision}: loss trajectories over {settings.loss_steps} steps")
                 trajectories.append(loss_trajectories(settings, precision, model, peers, batch, labels, device))
-    settings_dict = dataclasses.asdict(settings)
-    return {"settings": settings_dict, "config": config.to_dict(), "machine": machine_info(device),
-            "ceilings": ceilings, "results": rows, "loss_trajectories": trajectories, "notes": notes}
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -646,4 +680,4 @@ def write_report(report: dict, path) -> None:
 
 
 __all__ = ["BenchSettings", "run_benchmark", "format_report", "write_report", "matmul_ceiling", "peak_memory",
-           "loss_trajectories", "build_model", "PRECISIONS", "TASKS", "PEERS"]
+           "loss_trajectories", "build_model", "PRECISIONS", "TASKS", "PEERS", "ALL_PEERS"]

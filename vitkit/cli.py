@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import warnings
 
@@ -57,6 +58,41 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+_PYTHON_HINT = re.compile(r"\b(pass |given as |set )([a-z][a-z0-9_]*)= ?")
+_PYTHON_VALUE = re.compile(r"\b([a-z][a-z0-9_]*)=(-?[\w.]+) contradicts")
+
+
+def flag_words(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """A library message's Python spelling ("pass num_heads= (for example 3)", "num_heads=4 contradicts it") in the
+    command line's ("pass --num-heads (for example 3)", "--num-heads 4 contradicts it"), for the keywords that the
+    command has a flag for; others are left as they are."""
+    if parser is None:
+        return message
+    flags = {s for action in parser._actions for s in action.option_strings}
+
+    def flag(name: str) -> str | None:
+        spelt = "--" + name.replace("_", "-")
+        return spelt if spelt in flags else None
+
+    message = _PYTHON_HINT.sub(lambda m: f"{m[1]}{flag(m[2])} " if flag(m[2]) else m[0], message)
+    message = _PYTHON_VALUE.sub(lambda m: f"{flag(m[1])} {m[2]} contradicts" if flag(m[1]) else m[0], message)
+    return message
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser | None:
+    """The (sub)parser that read `args`: `vitkit inspect attention`'s, say."""
+    found = None
+    current = parser
+    while current is not None:
+        found, subs = current, [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        current = None
+        for action in subs:
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                current = action.choices[chosen]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(None if argv is None else [str(a) for a in argv])
@@ -71,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GuessWarning)
             warnings.showwarning = _show_warning
+            from .commands._args import finish
+
+            finish(args)
             code = args.func(args)
     except EXPECTED_ERRORS as e:
         if os.environ.get("VITKIT_DEBUG"):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"vitkit: error: {message}", file=sys.stderr)
+        print(f"vitkit: error: {flag_words(message, _command_parser(parser, args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)

@@ -35,7 +35,7 @@ share = number(float, SHARE)                # [0, 1]
 open_share = number(float, Range(0, 1, lo_open=True, hi_open=True))  # (0, 1): a hold-out share
 
 
-def device(text: str) -> str:
+def device_type(text: str) -> str:
     """--device: auto, cpu, cuda, cuda:N or mps, and one this machine has."""
     try:
         return require_device(text)
@@ -43,4 +43,93 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
+device = device_type  # the name the commands use
+
 DEVICE_HELP = "auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps (default auto)"
+
+
+# ------------------------------------------------------------------------------------------ the shared flags
+# Every command that takes a model takes it the same way (MODEL, first), writes with -o/--output, prints machine-
+# readable output on stdout with --json, and knows --device, --threads, --progress/--no-progress and --quiet where
+# they apply. One spelling each, written here once.
+
+MODEL_HELP = ("a checkpoint file (.safetensors, Google .npz, timm/torchvision .pth/.pt/.bin), a checkpoint or Hugging "
+              "Face folder, a run folder (runs/NAME: its final model), a pre-trained name (vitkit models "
+              "--pretrained) or a URI (hf-hub:ORG/REPO, https://..., gs://...)")
+THREADS = number(int, COUNT)  # the same range as train's --threads: 0 leaves PyTorch's choice
+
+
+def add_model(p, alias: str | None = None, extra: str = "") -> None:
+    """MODEL, the first positional argument. `alias`: an older flag spelling (eval's --checkpoint) kept working;
+    `extra`: what else this command takes as MODEL."""
+    if alias is None:
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP + extra)
+        return
+    p.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + extra)
+    p.add_argument(alias, dest="model_flag", metavar="MODEL", help=argparse.SUPPRESS)
+    p.set_defaults(model_alias=alias)
+
+
+def add_output(p, help: str, *aliases: str, default=None) -> None:
+    """-o/--output: the file or folder written (older spellings in `aliases` still work)."""
+    p.add_argument("-o", "--output", dest="output", metavar="PATH", default=default, help=help)
+    for alias in aliases:  # working, not advertised
+        p.add_argument(alias, dest="output", metavar="PATH", default=default, help=argparse.SUPPRESS)
+
+
+def add_json(p, help: str = "print the result as JSON on stdout (status lines go to stderr)") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def add_max_bad(p, default: float) -> None:
+    """--max-bad-fraction: the one policy for unreadable images (skipped and counted in one warning; the command
+    stops when more than this share of the files are unreadable, and always when none is left)."""
+    p.add_argument("--max-bad-fraction", type=share, default=default, metavar="X",
+                   help=f"stop when more than this share of the image files cannot be read (default {default:g}"
+                   + ("; unreadable files are skipped, counted and named in one warning)" if default < 1 else
+                      ": skip any, stop only when none is left)"))
+
+
+def add_runtime(p, *, device: bool = True, threads: bool = True, progress: bool = True) -> None:
+    """--device, --threads, --progress/--no-progress where they apply, and --quiet always."""
+    if device:
+        p.add_argument("--device", type=device_type, default="auto", help=DEVICE_HELP)
+    if threads:
+        p.add_argument("--threads", type=THREADS, default=0, metavar="N",
+                       help="CPU threads for the model's math (default 0: PyTorch's choice, one per core)")
+    if progress:
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="progress bars on stderr (default on; off with --quiet)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the result and errors/warnings: no status lines, no progress bars")
+
+
+def finish(args) -> None:
+    """What the shared flags do once parsed, for every command: MODEL from its old flag spelling, --quiet turning
+    progress bars off, --threads applied."""
+    alias = getattr(args, "model_alias", None)
+    if alias is not None:
+        if args.model is not None and args.model_flag is not None:
+            raise UsageError(f"the model is given twice (MODEL {args.model} and {alias} {args.model_flag}); give "
+                             "it once, as MODEL")
+        args.model = args.model if args.model is not None else args.model_flag
+        if args.model is None:
+            raise UsageError("MODEL is required (a checkpoint file or folder, a run folder, a pre-trained name or a "
+                             "URI)")
+    if getattr(args, "quiet", False) and hasattr(args, "progress"):
+        args.progress = False
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def status(args):
+    """The function a command prints its status lines with ("wrote x.png"): stdout normally, stderr when --json
+    owns stdout, nothing with --quiet."""
+    import sys
+
+    if getattr(args, "quiet", False):
+        return lambda message: None
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    return lambda message: print(message, file=stream, flush=True)

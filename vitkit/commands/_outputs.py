@@ -145,3 +145,18 @@ def write_folder_atomically(path: Path, write: Callable[[Path], object]) -> None
         if old is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(old)
+
+
+def check_output_folder(path: Path) -> None:
+    """A folder a command writes its results into (eval's -o): made if absent, but its parent must exist."""
+    _check_parent(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file; -o/--output names a folder here")
+
+
+def check_output_file(path: Path) -> None:
+    """A file a command writes (inspect's PNG and --arrays): its folder exists and it is not itself a folder. Such
+    result files are replaced when they exist, as a plot is redrawn (unlike convert's and export's models)."""
+    _check_parent(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")

@@ -9,7 +9,8 @@ ORDER = 35
 def register(sub) -> None:
     import argparse
 
-    from ._args import open_share, positive_int, share
+    from . import _args
+    from ._args import count, open_share, positive_int, share
 
     p = sub.add_parser("data", help="prepare training data (pack an image set as tar shards)",
                        description="Prepare training data.")
@@ -26,30 +27,49 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     pack.add_argument("src", metavar="SRC", help="'digits', an ImageFolder tree (with or without train/ and val/) or "
                       "a CIFAR-10/100 python folder")
-    pack.add_argument("out", metavar="OUT", help="the folder to create (must not exist)")
+    pack.add_argument("out", metavar="OUT", nargs="?", help="the same as -o (the older spelling)")
+    _args.add_output(pack, "the folder to create (it must not exist; its parent must)")
     pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
-    pack.add_argument("--seed", type=int, default=0, help="seed of the order of the samples in the shards")
+    pack.add_argument("--seed", type=count, default=0, help="seed of the order of the samples in the shards")
     pack.add_argument("--val-fraction", type=open_share, default=0.1, help="share of each class held out for "
                       "evaluation when SRC has no split of its own (default 0.1)")
-    pack.add_argument("--split-seed", type=int, default=0, help="seed of that hold-out (as vitkit train's)")
+    pack.add_argument("--split-seed", type=count, default=0, help="seed of that hold-out (as vitkit train's)")
     pack.add_argument("--max-bad-fraction", type=share, default=0.01, help="stop when more than this share of "
                       "the images cannot be read (default 0.01)")
     pack.add_argument("--limit-per-class", type=positive_int, default=None, help="pack at most this many "
                       "training images per class (a seeded choice)")
+    _args.add_json(pack, "print the index (classes, shards, samples) as JSON on stdout")
+    _args.add_runtime(pack, device=False, threads=False, progress=False)
     pack.set_defaults(func=run_pack)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def run_pack(args) -> int:
-    from ..data.shards import pack_shards
+    from pathlib import Path
 
+    from ..data.shards import pack_shards
+    from ..errors import UsageError
+    from . import _args
+    from ._outputs import check_output_folder
+
+    if args.out and args.output:
+        raise UsageError(f"the output is given twice ({args.out} and -o {args.output}); give it once, with -o")
+    args.out = args.out or args.output
+    if not args.out:
+        raise UsageError("-o/--output is required: the folder to create")
+    check_output_folder(Path(args.out))  # vitkit creates no missing parent folders
     index = pack_shards(args.src, args.out, args.shard_size, seed=args.seed, val_fraction=args.val_fraction,
                         split_seed=args.split_seed, max_bad_fraction=args.max_bad_fraction,
                         limit_per_class=args.limit_per_class)
+    if args.json:
+        import json
+
+        print(json.dumps(index, indent=2, default=str))
+    say = _args.status(args)
     train = index["train"]
-    print(f"{args.out}: {train['samples']:,} training samples in {len(train['shards'])} shard(s), "
-          f"{len(index['classes'])} classes; train with --data '{args.out}/{train['pattern']}'")
+    say(f"{args.out}: {train['samples']:,} training samples in {len(train['shards'])} shard(s), "
+        f"{len(index['classes'])} classes; train with --data '{args.out}/{train['pattern']}'")
     if "val" in index:
-        print(f"{args.out}: {index['val']['samples']:,} {index['val']['split']} samples in "
-              f"{len(index['val']['shards'])} shard(s) (val-*.tar), evaluated after training")
+        say(f"{args.out}: {index['val']['samples']:,} {index['val']['split']} samples in "
+            f"{len(index['val']['shards'])} shard(s) (val-*.tar), evaluated after training")
     return 0

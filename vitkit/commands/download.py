@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("sources", nargs="+", metavar="NAME|URI", help="catalog names or URIs (hf-hub:ORG/REPO[@REV], "
                    "https://..., gs://BUCKET/PATH)")
     p.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the file (one source only)")
+    from . import _args
+
+    _args.add_json(p, "print where each file went as JSON on stdout")
+    _args.add_runtime(p, device=False, threads=False, progress=False)
     p.set_defaults(func=run)
 
 
@@ -33,8 +37,15 @@ def run(args) -> int:
     for source in args.sources:  # every name is checked before anything is fetched
         if find_pretrained(source) is None and not is_uri(source):
             raise UsageError(f"{source}: not a pre-trained name or URI{suggest(source)}")
+    found = {}
     for source in args.sources:
         entry = find_pretrained(source)
         path = fetch(entry, args.sha256) if entry is not None else resolve_uri(source, sha256=args.sha256)
-        print(f"{entry.name if entry else source}: {path}")
+        found[entry.name if entry else source] = str(path)
+        if not args.json:
+            print(f"{entry.name if entry else source}: {path}")
+    if args.json:
+        import json
+
+        print(json.dumps(found, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""`vitkit inspect attention|distance|posemb|filters CKPT ...`: the paper's Figures 6 and 7 as PNGs.
+"""`vitkit inspect attention|distance|posemb|filters MODEL ...`: the paper's Figures 6 and 7 as PNGs.
 
 Each subcommand calls a function of `vitkit.inspect` that returns the numbers, draws them with
 `vitkit.inspect.plots`, prints where the PNG went, and with --arrays also writes the numbers as .npz.
@@ -23,14 +23,18 @@ def register(sub) -> None:
     kinds.required = True
 
     def common(q, default_out):
-        q.add_argument("checkpoint", help="model file of any supported format (vitkit, Google .npz, timm, HF), a "
-                       "pre-trained name (vitkit models --pretrained) or a URI")
-        q.add_argument("--out", "-o", default=default_out, help=f"PNG to write (default {default_out})")
+        _args.add_model(q)
+        _args.add_output(q, f"the PNG to write (default {default_out}; replaced if it exists, its folder must exist)",
+                         "--out", default=default_out)
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
+        _args.add_json(q, "print what was drawn as JSON on stdout: the files written and the numbers' summary")
         q.add_argument("--num-heads", type=_args.positive_int,
                        help="heads, for timm files and bare HF weights that do not record them")
         q.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
         q.set_defaults(func=run)
+
+    def runtime(q, device=True):
+        _args.add_runtime(q, device=device, progress=False)
 
     q = kinds.add_parser("attention", help="attention rollout over the images, and the class token's attention "
                          "per layer and head", description="Attention rollout (Abnar and Zuidema, 2020) from the "
@@ -42,7 +46,8 @@ def register(sub) -> None:
     q.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
                    help="how to combine the heads of a layer before rolling out (default mean, as the paper)")
     q.add_argument("--batch-size", type=_args.positive_int, default=16, help="images per forward pass (default 16)")
-    q.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
+    _args.add_max_bad(q, 1.0)
+    runtime(q)
 
     q = kinds.add_parser("distance", help="mean attention distance of every head at every depth",
                          description="Mean attention distance in pixels (Figure 7 right, Appendix D.7): distance "
@@ -55,12 +60,14 @@ def register(sub) -> None:
                    help="random sample of this many images (default 128)")
     q.add_argument("--seed", type=_args.count, default=0, help="seed of the sample (default 0)")
     q.add_argument("--batch-size", type=_args.positive_int, default=32, help="images per forward pass (default 32)")
-    q.add_argument("--device", type=_args.device, default="auto", help=_args.DEVICE_HELP)
+    _args.add_max_bad(q, 1.0)
+    runtime(q)
 
     q = kinds.add_parser("posemb", help="cosine similarity of the position embeddings",
                          description="For every patch position, the cosine similarity of its position embedding to "
                          "all others, as a grid of small heat maps (Figure 7 centre).")
     common(q, "posemb.png")
+    runtime(q, device=False)
 
     q = kinds.add_parser("filters", help="principal components of the patch-embedding filters",
                          description="The first principal components of the patch-embedding filters as RGB tiles "
@@ -69,32 +76,22 @@ def register(sub) -> None:
     q.add_argument("--components", type=_args.positive_int, default=28,
                    help="how many components (default 28, as the paper)")
     q.add_argument("--columns", type=_args.positive_int, default=7, help="tiles per row (default 7)")
-
-
-def _positive(value: int, name: str) -> int:
-    from ..errors import UsageError
-
-    if value < 1:
-        raise UsageError(f"{name} must be at least 1, got {value}")
-    return value
+    runtime(q, device=False)
 
 
 def _load(args):
-    import torch
-
     from .. import load
     from ..hub.resolve import model_source
+    from ._outputs import check_output_file
 
-    model = load(model_source(args.checkpoint), num_heads=args.num_heads, pool=args.pool)
+    for path in (args.output, args.arrays):  # before the model is loaded: a bad path costs nothing
+        if path:
+            check_output_file(Path(path))
+    model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
     device = getattr(args, "device", "cpu")
-    try:
-        from ..training.distributed import pick_device
+    from ..training.distributed import pick_device
 
-        model.to(pick_device(device))
-    except (RuntimeError, AssertionError) as e:
-        from ..errors import UsageError
-
-        raise UsageError(f"cannot use device {device!r}: {e}") from None
+    model.to(pick_device(device))
     return model.eval()
 
 
@@ -104,23 +101,32 @@ def _warn(message: str) -> None:
     print(f"vitkit: warning: {message}", file=sys.stderr)
 
 
-def _read(files) -> tuple[list[str], list]:
+def _read(files, max_bad_fraction: float) -> tuple[list[str], list]:
     """(paths, RGB images) of the readable files; the others skipped with one warning, an error if none is left."""
     from ..data import read_images
 
-    good, _ = read_images(files, log=_warn)
+    good, _ = read_images(files, log=_warn, max_bad_fraction=max_bad_fraction)
     return [path for path, _ in good], [image for _, image in good]
 
 
-def _write_arrays(args, **arrays) -> None:
+def _finish(args, report: dict, lines: list[str], **arrays) -> int:
+    """Write the --arrays file, then print: the lines (status, unless --quiet), or the report as JSON."""
+    import json
+
     if args.arrays:
         import numpy as np
 
-        path = Path(args.arrays)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
+        from ..files import atomic_path
+
+        with atomic_path(args.arrays) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        print(f"wrote {path}")
+        report["arrays"] = str(args.arrays)
+        lines.append(f"wrote {args.arrays}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not args.quiet:
+        print("\n".join(lines))
+    return 0
 
 
 def run(args) -> int:
@@ -135,10 +141,12 @@ def _attention(args) -> int:
     from ..inspect.images import prepare_images
     from ..inspect.plots import plot_attention_rollout, plot_class_token_attention
 
-    _positive(args.batch_size, "--batch-size")
+    out = Path(args.output)
+    heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
+    files = gather_image_files(args.images, log=_warn)  # before the model: a wrong path costs nothing
     model = _load(args)
     device = next(model.parameters()).device
-    paths, images = _read(gather_image_files(args.images, log=_warn))
+    paths, images = _read(files, args.max_bad_fraction)
     maps, pixels = [], []
     for start in range(0, len(images), args.batch_size):
         batch, batch_pixels = prepare_images(images[start:start + args.batch_size], model)
@@ -147,18 +155,17 @@ def _attention(args) -> int:
         if start == 0:
             heads = class_token_attention(model, batch[:1].to(device))[0]  # (layers, heads, gh, gw)
     maps, pixels = np.concatenate(maps), np.concatenate(pixels)
-    out = Path(args.out)
-    heads_out = out.with_name(f"{out.stem}_heads{out.suffix or '.png'}")
     titles = ["/".join(Path(p).parts[-2:]) for p in paths]  # class folder and file name
     plot_attention_rollout(pixels, maps, out, titles=titles)
     query = "class token" if model.config.class_token else "mean patch token (no class token)"
     plot_class_token_attention(pixels[0], heads, heads_out, title=f"{query} attention to the patches")
-    print(f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
-          f"heads fused by {args.head_fusion})")
-    print(f"wrote {heads_out} ({query} attention, {heads.shape[0]} layers x {heads.shape[1]} heads, "
-          f"{titles[0]})")
-    _write_arrays(args, rollout=maps, class_token_attention=heads)
-    return 0
+    lines = [f"wrote {out} (attention rollout of {len(maps)} image(s), {maps.shape[1]}x{maps.shape[2]} patches, "
+             f"heads fused by {args.head_fusion})",
+             f"wrote {heads_out} ({query} attention, {heads.shape[0]} layers x {heads.shape[1]} heads, {titles[0]})"]
+    report = {"model": str(args.model), "images": paths, "rollout_png": str(out), "heads_png": str(heads_out),
+              "grid": [int(maps.shape[1]), int(maps.shape[2])], "head_fusion": args.head_fusion,
+              "layers": int(heads.shape[0]), "heads": int(heads.shape[1])}
+    return _finish(args, report, lines, rollout=maps, class_token_attention=heads)
 
 
 def _distance(args) -> int:
@@ -167,26 +174,24 @@ def _distance(args) -> int:
     from ..inspect.images import prepare_images
     from ..inspect.plots import plot_attention_distance
 
-    _positive(args.batch_size, "--batch-size")
-    _positive(args.num_images, "--num-images")
+    files = find_images(args.data, limit=args.num_images, seed=args.seed, log=_warn)
     model = _load(args)
     device = next(model.parameters()).device
-    files, images = _read(find_images(args.data, limit=args.num_images, seed=args.seed, log=_warn))
+    files, images = _read(files, args.max_bad_fraction)
     batches = (prepare_images(images[start:start + args.batch_size], model)[0].to(device)
                for start in range(0, len(images), args.batch_size))
     distances = mean_attention_distance(model, batches)  # (layers, heads)
     patch = effective_patch_size(model)
     uniform = float(patch_distances(model.grid_size, patch).mean())  # what attention spread evenly would give
-    plot_attention_distance(distances, args.out, image_size=model.preprocessing.image_size, uniform=uniform)
-    print(f"mean attention distance in pixels over {len(files)} images ({tuple(model.preprocessing.image_size)} px "
-          f"input, {patch[0]}x{patch[1]} px patches):")
-    print(f"{'layer':>5} {'min':>7} {'mean':>7} {'max':>7}")
-    for layer, row in enumerate(distances):
-        print(f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}")
-    print(f"(uniform attention would give {uniform:.1f} px)")
-    print(f"wrote {args.out}")
-    _write_arrays(args, mean_attention_distance=distances)
-    return 0
+    plot_attention_distance(distances, args.output, image_size=model.preprocessing.image_size, uniform=uniform)
+    lines = [f"mean attention distance in pixels over {len(files)} images ({tuple(model.preprocessing.image_size)} px "
+             f"input, {patch[0]}x{patch[1]} px patches):", f"{'layer':>5} {'min':>7} {'mean':>7} {'max':>7}"]
+    lines += [f"{layer:>5} {row.min():>7.1f} {row.mean():>7.1f} {row.max():>7.1f}"
+              for layer, row in enumerate(distances)]
+    lines += [f"(uniform attention would give {uniform:.1f} px)", f"wrote {args.output}"]
+    report = {"model": str(args.model), "images": len(files), "png": str(args.output), "uniform_px": uniform,
+              "mean_attention_distance_px": distances.tolist()}
+    return _finish(args, report, lines, mean_attention_distance=distances)
 
 
 def _posemb(args) -> int:
@@ -195,23 +200,23 @@ def _posemb(args) -> int:
 
     model = _load(args)
     similarity = position_embedding_similarity(model)
-    plot_position_similarity(similarity, args.out)
+    plot_position_similarity(similarity, args.output)
     gh, gw = similarity.shape[:2]
-    print(f"wrote {args.out} (position embedding similarity, {gh}x{gw} patches, {model.config.posemb})")
-    _write_arrays(args, position_embedding_similarity=similarity)
-    return 0
+    lines = [f"wrote {args.output} (position embedding similarity, {gh}x{gw} patches, {model.config.posemb})"]
+    report = {"model": str(args.model), "png": str(args.output), "grid": [int(gh), int(gw)],
+              "posemb": model.config.posemb}
+    return _finish(args, report, lines, position_embedding_similarity=similarity)
 
 
 def _filters(args) -> int:
     from ..inspect import filter_components
     from ..inspect.plots import plot_filters
 
-    _positive(args.components, "--components")
-    _positive(args.columns, "--columns")
     model = _load(args)
     components, explained = filter_components(model, args.components)
-    plot_filters(components, args.out, columns=args.columns, explained=explained)
-    print(f"wrote {args.out} (first {len(components)} principal components of the patch-embedding filters, "
-          f"{100 * explained.sum():.1f}% of their variance)")
-    _write_arrays(args, components=components, explained_variance_ratio=explained)
-    return 0
+    plot_filters(components, args.output, columns=args.columns, explained=explained)
+    lines = [f"wrote {args.output} (first {len(components)} principal components of the patch-embedding filters, "
+             f"{100 * explained.sum():.1f}% of their variance)"]
+    report = {"model": str(args.model), "png": str(args.output), "components": len(components),
+              "explained_variance_ratio": [float(x) for x in explained]}
+    return _finish(args, report, lines, components=components, explained_variance_ratio=explained)

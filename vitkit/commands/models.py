@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--pretrained", nargs="?", const="", metavar="PATTERN",
                    help="list the published checkpoints instead (name, source, variant, resolution, classes, the "
                    "top-1 their authors report on ImageNet-1k val, data); PATTERN filters the names (\"tv-*\", b16)")
+    _args.add_json(p, "print the table as JSON on stdout: one object per variant (or per checkpoint)")
+    _args.add_runtime(p, device=False, threads=False, progress=False)
     p.set_defaults(func=run)
 
 
@@ -67,6 +69,8 @@ def pretrained_table(pattern: str | None = None) -> list[str]:
 
 
 def run(args) -> int:
+    import json
+
     if args.pretrained is not None:
         from ..errors import UsageError
 
@@ -74,6 +78,14 @@ def run(args) -> int:
         if len(lines) == 1:
             raise UsageError(f"no pre-trained checkpoint matches {args.pretrained!r} (vitkit models --pretrained "
                              "lists them all)")
+        if args.json:
+            import dataclasses
+
+            from ..hub.catalog import list_pretrained
+
+            print(json.dumps([dataclasses.asdict(e) for e in list_pretrained(args.pretrained or None)], indent=2,
+                             default=str))
+            return 0
         print("\n".join(lines))
         print(f"({len(lines) - 1} checkpoints; top-1 in % on ImageNet-1k val as their authors report it, - where they "
               "state none; load one with vitkit.load(NAME), fetch ahead with vitkit download NAME)")
@@ -87,6 +99,10 @@ def run(args) -> int:
         from ..errors import UsageError
 
         raise UsageError(f"--image-size {args.image_size}: no variant asked for fits it ({'; '.join(skipped)})")
+    if args.json:
+        print(json.dumps({"image_size": args.image_size, "num_classes": args.num_classes, "models": rows,
+                          "skipped": skipped}, indent=2))
+        return 0
     print(f"{'model':<14} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patch':>5} {'tokens':>6} "
           f"{'params':>13} {'GFLOPs':>8}")
     for r in rows:

@@ -30,6 +30,8 @@ def add_common_arguments(p) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any option (repeatable)")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings: no progress bars, no "
+                   "status lines (the run folder holds the results)")
     add_config_arguments(p)
 
 
@@ -97,16 +99,10 @@ def resolve(args):
 
 def check_resume_folder(path: Path) -> None:
     """--resume takes a run folder (runs/NAME, with its config.json) or one of its checkpoint folders
-    (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError saying so."""
-    from ..errors import UsageError
-    from ..training.trainer import CONFIG_FILE
+    (runs/NAME/checkpoints/step_N); a file or any other folder is a one-line UsageError naming the folder to pass."""
+    from ..training.run_folder import resolve_resume
 
-    wanted = "--resume takes a run folder (runs/NAME) or one of its checkpoint folders (runs/NAME/checkpoints/step_N)"
-    if not path.is_dir():
-        raise UsageError(f"{wanted}; {path} is a file")
-    run_dir = path.parent.parent if path.name.startswith("step_") and path.parent.name == "checkpoints" else path
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UsageError(f"{wanted}; {path} is a folder without the run's {CONFIG_FILE}")
+    resolve_resume(path)
 
 
 def run(args) -> int:
@@ -120,11 +116,17 @@ def run(args) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    from ..training.trainer import TrainingError, train
+    from ..training.trainer import TrainingError, TrainingInterrupted, train
 
+    log = None
+    if args.quiet:
+        config = config.replace(progress=False)
+        log = lambda message: None  # noqa: E731
     try:
-        train(config, resume=resume)
+        train(config, resume=resume, log=log)
     except TrainingError as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted:  # the checkpoint is saved and the resume command printed
+        return 130
     return 0

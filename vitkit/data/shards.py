@@ -118,7 +118,7 @@ def pack_shards(src: str, out: str | os.PathLike, shard_size: int = 1000, *, see
     out = Path(out)
     if out.exists():
         raise UsageError(f"{out}: already exists; pack into a new folder (or remove it first)")
-    splits = open_data(src, val_split=val_split, val_fraction=val_fraction, split_seed=split_seed,
+    splits = open_data(src, min_classes=2, val_split=val_split, val_fraction=val_fraction, split_seed=split_seed,
                        max_bad_fraction=max_bad_fraction, limit_per_class=limit_per_class, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -163,6 +163,7 @@ class ShardSet:
     description: str
     val: "ShardSet | None" = None
     val_name: str = "val"
+    in_memory = False  # (as ImageSet's: streamed, decoded in the loader processes)
 
     @property
     def samples(self) -> int:
@@ -448,16 +449,18 @@ class Broken:
 
 class ShardStream(torch.utils.data.IterableDataset):
     """One rank's training samples, (image tensor, label) or `Broken`, in its order from global position
-    `start`; under a DataLoader its processes take turns, one sample each."""
+    `start`. Under a DataLoader its K processes take turns: process k decodes the rank's samples k, k + K, ... and
+    hands them over `chunk` at a time, stacked into one tensor (one message per chunk, not per image);
+    `samples(...)` puts them back in order."""
 
     def __init__(self, shards: ShardSet, transform: Callable, *, streams: int, buffer: int, seed: int,
                  rank: int = 0, world_size: int = 1, start: int = 0, stop: int | None = None,
-                 label_map: np.ndarray | None = None):
+                 label_map: np.ndarray | None = None, chunk: int = 32):
         if start % world_size:
             raise ValueError(f"start position {start} is not a multiple of the world size {world_size}")
         self.shards, self.transform, self.streams, self.buffer, self.seed = shards, transform, streams, buffer, seed
         self.rank, self.world_size, self.start, self.stop = rank, world_size, start, stop
-        self.label_map = label_map
+        self.label_map, self.chunk = label_map, chunk
         self.num_classes = len(shards.classes)
 
     def __iter__(self):
@@ -465,16 +468,44 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         lanes: dict[int, LaneReader] = {}
         q = self.start // self.world_size + worker  # this rank's q-th sample is global position q*W + rank
+        items = []
         while True:
             position = q * self.world_size + self.rank
             if self.stop is not None and position >= self.stop:
-                return
+                break
             lane = position % self.streams
             reader = lanes.get(lane)
             if reader is None:
                 reader = lanes[lane] = LaneReader(self.shards, self.streams, lane, self.seed, self.buffer)
-            yield self._decode(reader.get(position // self.streams), position)
+            items.append(self._decode(reader.get(position // self.streams), position))
             q += workers
+            if len(items) == self.chunk:
+                yield _pack_chunk(items)
+                items = []
+        if items:
+            yield _pack_chunk(items)
+
+    def samples(self, num_workers: int = 0, pin_memory: bool = False) -> Iterator:
+        """The rank's samples in order, decoded by `num_workers` loader processes (0: in this process)."""
+        loader = torch.utils.data.DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                             prefetch_factor=4 if num_workers else None, collate_fn=_as_is)
+        chunks = iter(loader)
+        turns = max(num_workers, 1)
+        while True:
+            round_ = []
+            for _ in range(turns):  # one chunk from each process, in the order they take turns
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                round_.append(_unpack_chunk(chunk))
+            if not round_:
+                return
+            for i in range(max(len(c) for c in round_)):  # process k's i-th sample precedes process k+1's
+                for chunk in round_:
+                    if i < len(chunk):
+                        yield chunk[i]
+            if len(round_) < turns:
+                return
 
     def _decode(self, sample: dict, position: int):
         try:
@@ -496,8 +527,28 @@ class ShardStream(torch.utils.data.IterableDataset):
         return x, label
 
 
-def _keep_broken(batch):
-    return batch  # items pass through the DataLoader uncollated (batch_size=None)
+def _as_is(item):
+    return item  # chunks pass through the DataLoader uncollated (batch_size=None)
+
+
+def _pack_chunk(items: list) -> dict:
+    """Decoded samples as one message: the tensors stacked when they share a shape, the broken ones apart."""
+    good = [item for item in items if not isinstance(item, Broken)]
+    tensors = [x for x, _ in good]
+    stacked = all(torch.is_tensor(t) for t in tensors) and len({tuple(t.shape) for t in tensors}) == 1
+    return {"images": torch.stack(tensors) if stacked else tensors, "labels": [label for _, label in good],
+            "slots": [item if isinstance(item, Broken) else None for item in items]}
+
+
+def _unpack_chunk(chunk: dict) -> list:
+    images, labels, out, g = chunk["images"], chunk["labels"], [], 0
+    for slot in chunk["slots"]:
+        if slot is None:
+            out.append((images[g], labels[g]))
+            g += 1
+        else:
+            out.append(slot)
+    return out
 
 
 class ShardBatches:
@@ -507,21 +558,18 @@ class ShardBatches:
 
     def __init__(self, stream: ShardStream, per_rank: int, num_workers: int = 0, pin_memory: bool = False,
                  max_bad_fraction: float = 0.01, log: Callable[[str], None] = print):
-        self.loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
-                                                  pin_memory=pin_memory, prefetch_factor=64 if num_workers else None,
-                                                  collate_fn=_keep_broken)
+        self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self.per_rank, self.max_bad_fraction, self.log = per_rank, max_bad_fraction, log
         self.broken: list[tuple[str, str]] = []
         self.seen = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        items = iter(self.loader)
+        items = self.stream.samples(self.num_workers, self.pin_memory)
         while True:
             images, labels = [], []
             for _ in range(self.per_rank):
-                try:
-                    item = next(items)
-                except StopIteration:
+                item = next(items, None)
+                if item is None:
                     return
                 self.seen += 1
                 if isinstance(item, Broken):

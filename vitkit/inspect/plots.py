@@ -19,10 +19,12 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Written whole or not at all (a temporary file renamed over `path`)."""
+    from ..files import atomic_path
+
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight", format="png")
+    with atomic_path(path, keep_suffix=True) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 

@@ -30,11 +30,12 @@ import torch
 from ..checkpoints.io import atomic_path, fsync_dir, read_safetensors
 from ..errors import CheckpointError
 from . import faults
+from .run_folder import CHECKPOINTS, WEIGHTS, is_run_dir
+from .run_folder import run_dir_of as run_dir_of  # (re-exported: its old home)
 
 STATE_FORMAT = "vitkit-train-state"
 STATE_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d{8,})$")
-WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vitkit-checkpoint"
@@ -45,7 +46,7 @@ def step_dir_name(step: int) -> str:
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -171,7 +172,10 @@ def read_checkpoint_dir(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     match = STEP_DIR.match(path.name)
     verify_manifest(path)
-    weights, metadata = read_safetensors(path / WEIGHTS)
+    if (path / ".metadata").is_file():  # sharded (torch.distributed.checkpoint): the weights load after wrapping
+        weights, metadata = {}, {}
+    else:
+        weights, metadata = read_safetensors(path / WEIGHTS)
     state_path = path / STATE
     if not state_path.is_file():
         raise CheckpointError(state_path, "missing training state")
@@ -218,8 +222,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir() \
-            and not (path / "metrics.jsonl").is_file():
+    if (path / "config.json").is_file() and not is_run_dir(path):
         return path  # a Hugging Face model folder
     if (path / WEIGHTS).is_file():
         return path / WEIGHTS
@@ -228,13 +231,3 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
         return steps[-1][1] / WEIGHTS
     raise CheckpointError(path, f"a folder without {WEIGHTS} or checkpoints/step_* (expected a run folder, a "
                           "checkpoint folder or a Hugging Face model folder)")
-
-
-def run_dir_of(path: str | os.PathLike) -> Path | None:
-    """The run folder a checkpoint path belongs to (it holds config.json and checkpoints/), or None."""
-    path = Path(path).resolve()
-    for candidate in [path, *path.parents][:4]:
-        if (candidate / "config.json").is_file() and ((candidate / "checkpoints").is_dir()
-                                                       or (candidate / "metrics.jsonl").is_file()):
-            return candidate
-    return None

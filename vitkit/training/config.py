@@ -41,8 +41,9 @@ class TrainConfig:
     """Everything a training run needs; `resolved()` fills in what depends on the data and the model."""
 
     # ------------------------------------------------------------------------------------------------ data
-    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, or a "
-                   "CIFAR-10/100 python-pickle folder")
+    data: str = _f("digits", "'digits' (scikit-learn's 1,797 handwritten digits), an ImageFolder tree, a "
+                   "CIFAR-10/100 python-pickle folder, or tar shards of vitkit data pack ('OUT/shard-{000000..000009}"
+                   ".tar', the folder OUT, an http(s):// or pipe: pattern)")
     val_split: str = _f("auto", "auto: the data's own val/test split if it has one, else a hold-out from train; "
                         "holdout: always hold out from train; none: no evaluation set")
     val_fraction: float = _f(0.1, "share of each class held out for validation (when holding out)", range=RATE)
@@ -162,6 +163,8 @@ class TrainConfig:
     stop_after: int | None = _f(None, "end this invocation after this many steps (the schedule still spans all)",
                                 range=AT_LEAST_ONE)
     progress: bool = _f(True, "show progress bars")
+    log: str = _f("none", "experiment loggers beside metrics.jsonl and metrics.csv (always written): tensorboard "
+                  "(event files in RUN/tensorboard), wandb (when installed), both comma-separated, or none")
     recipe: str | None = _f(None, "the recipe this config came from (informational)")
 
     # ------------------------------------------------------------------- fidelity to the papers (issue 19)
@@ -184,6 +187,19 @@ class TrainConfig:
     repeated_augmentation: int = _f(1, "repeated augmentation: each step's batch holds about batch_size / this "
                                     "many images, each this many times with different augmentations (DeiT: 3); "
                                     "an epoch then sees a share 1/this of the images", range=AT_LEAST_ONE)
+
+    # ----------------------------------------------------------------------------- scaling out (issue 17)
+    parallel: str = _f("ddp", "under torchrun: ddp (a copy of the model per process) or fsdp (FSDP2: parameters, "
+                       "gradients and optimizer state sharded; sharded checkpoints)")
+    fsdp_param_dtype: str = _f("fp32", "fsdp: dtype the gathered parameters compute in (bf16: mixed precision; "
+                               "master weights, gradient reduction and optimizer stay fp32)")
+    checkpoint_blocks: bool = _f(False, "activation checkpointing: each encoder block recomputes its activations "
+                                 "in the backward pass (less memory, about a third more compute)")
+    shard_streams: int = _f(8, "data given as tar shards: lanes the stream is cut into (fixed by the config, not "
+                            "the world size; a multiple of processes x loader workers reads no shard twice)",
+                            range=AT_LEAST_ONE)
+    shuffle_buffer: int = _f(1000, "data given as tar shards: samples shuffled together in each lane",
+                             range=AT_LEAST_ONE)
 
     def __post_init__(self):
         # every number against its range (the `range` of its field), and the device's spelling, at construction:
@@ -261,10 +277,30 @@ class TrainConfig:
             fail(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not (self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes)):
             fail(f"eval_every_minutes must be >= 0, got {self.eval_every_minutes}")
+        from .metrics_log import parse_loggers
+
+        parse_loggers(self.log)
         if self.progressive_min_size is not None and self.progressive_min_size < 1:
             fail(f"progressive_min_size must be positive, got {self.progressive_min_size}")
         if not 0 <= self.progressive_until <= 1:
             fail(f"progressive_until must be in [0, 1], got {self.progressive_until}")
+        if self.parallel not in ("ddp", "fsdp"):
+            fail(f"parallel={self.parallel!r}, expected one of ddp, fsdp")
+        if self.fsdp_param_dtype not in ("fp32", "bf16"):
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype!r}, expected one of fp32, bf16")
+        if self.fsdp_param_dtype != "fp32" and self.parallel != "fsdp":
+            fail(f"fsdp_param_dtype={self.fsdp_param_dtype} needs parallel='fsdp' (with DDP use precision='bf16')")
+        if self.parallel == "fsdp" and self.ema_decay > 0:
+            fail("ema_decay needs parallel='ddp' (the weight average of a sharded model is not implemented)")
+        from ..data.shards import is_shard_spec
+
+        if is_shard_spec(self.data):
+            for key, value, default in (("pipeline", self.pipeline, "pil"), ("val_split", self.val_split, "auto"),
+                                        ("limit_per_class", self.limit_per_class, None),
+                                        ("val_per_class", self.val_per_class, None)):
+                if value != default and not (key == "val_split" and value == "none"):
+                    fail(f"{key}={value!r} cannot be honoured with tar shards as data ({self.data}); the shards "
+                         "stream as packed (pack a subset with vitkit data pack --limit-per-class)")
         return self
 
 
@@ -479,6 +515,9 @@ def add_config_arguments(parser, skip: tuple[str, ...] = ("recipe",)) -> None:
         flags = [f"--{name.replace('_', '-')}"] + (["--from"] if name == "init_from" else [])
         group.add_argument(*flags, dest=f"cfg_{name}", metavar=metavar,
                            default=argparse.SUPPRESS, help=help_text.replace("%", "%%"), **extra)
+        if hint is bool:  # --progress / --no-progress, as the other commands spell a switch
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=f"cfg_{name}", action="store_const",
+                               const="false", default=argparse.SUPPRESS, help=f"the same as --{name.replace('_', '-')} false")
 
 
 def overrides_from_args(args) -> dict[str, Any]:

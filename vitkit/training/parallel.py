@@ -15,6 +15,7 @@ gathered to rank 0 and saved as vitkit's usual .safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -57,21 +58,24 @@ class ParallelConfig:
         return self
 
 
+def _checkpointed_forward(self, *args, **kwargs):
+    """A block's forward that keeps only its input for the backward pass (bound to each block, so a deep copy of
+    the model, such as the EMA's, is bound to its own blocks)."""
+    from torch.utils.checkpoint import checkpoint
+
+    forward = functools.partial(type(self).forward, self)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
 def checkpoint_blocks(model: nn.Module) -> None:
     """Activation checkpointing per encoder block: each block keeps its input and recomputes its activations in
     the backward pass (its random state replayed, so dropout draws the same masks). State-dict names unchanged."""
-    from torch.utils.checkpoint import checkpoint
+    import types
 
     for block in model.blocks:
-        forward = block.forward
-
-        @functools.wraps(forward)
-        def checkpointed(*args, _forward=forward, **kwargs):
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        block.forward = checkpointed
+        block.forward = types.MethodType(_checkpointed_forward, block)
 
 
 def wrap_model(model: nn.Module, config: ParallelConfig, info: distributed.DistInfo) -> nn.Module:
@@ -99,6 +103,31 @@ def wrap_model(model: nn.Module, config: ParallelConfig, info: distributed.DistI
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+@contextlib.contextmanager
+def gradient_sync(train_model: nn.Module, sync: bool):
+    """Gradient accumulation: with `sync` False the backward passes inside keep their gradients local (DDP's
+    no_sync, FSDP's set_requires_gradient_sync), with True they are reduced over the ranks as usual."""
+    if sync:
+        yield
+        return
+    if hasattr(train_model, "no_sync"):
+        with train_model.no_sync():
+            yield
+    elif hasattr(train_model, "set_requires_gradient_sync"):
+        train_model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            train_model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from what clip_grad_norm_ returns over sharded parameters (a replicated DTensor)."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -3,6 +3,10 @@
     result = train(load_recipe("digits"))                     # one process
     torchrun --standalone --nproc-per-node 2 -m vitkit train   # several: each rank runs this same function
 
+`_Run.prepare` builds the pieces (data, model, optimizer, the resumed state, the run folder) and the components
+the loop calls, each in its own module: `TrainStep` (step.py), `Evaluator` (evaluator.py), `Checkpointer`
+(checkpointer.py) and `MetricsLogger` (metrics_log.py); `_Run.run` is the loop itself, in one screen.
+
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
 of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines); Mixup/CutMix of (seed, step,
 micro-batch), pairing images by their position in the global micro-batch (`mixing`); the masks of stochastic
@@ -21,7 +25,6 @@ import copy
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,34 +32,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..configs import TRAINING_FIELDS, Preprocessing
-from ..data import (StepBatchSampler, TransformedImages, auto_workers, eval_loader, eval_transform, mix_seed,
-                    open_data, train_loader, train_transform)
-from ..data.memory import TensorAugment, TensorBatches, resize_batch, stack_images
+from ..data import StepBatchSampler, TransformedImages, auto_workers, eval_loader, eval_transform, open_data
+from ..data import train_loader, train_transform
+from ..data.memory import TensorAugment, TensorBatches, stack_images
 from ..errors import CheckpointError, UsageError
-from ..eval.evaluate import autocast, evaluate
-from ..eval.metrics import Counts, EvalResult
-from . import distributed, faults
-from .checkpoint import (WEIGHTS, Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir,
-                         write_checkpoint)
-from .config import ARCHITECTURE_FIELDS, TrainConfig
-from .mixing import mix_shard
+from ..eval.metrics import EvalResult
+from . import distributed, faults, run_folder
+from .build import build_model, describe, model_preprocessing, runtime_settings
+from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir, write_checkpoint
+from .checkpointer import Checkpointer, CheckpointWriteError
+from .config import TrainConfig
+from .errors import TrainingError, TrainingInterrupted
+from .evaluator import Evaluator
+from .holdout import write_split
+from .interrupt import catch_interrupt
+from .metrics_log import MetricsLogger, parse_loggers
 from .optim import EMA, build_optimizer
+from .parallel import (ParallelConfig, is_sharded_checkpoint, load_sharded_checkpoint, unsharded_copy, wrap_model,
+                       write_sharded_checkpoint)
+from .streaming import ShardData, is_shard_spec
+from .run_folder import BAD_FILES, CONFIG, CURVES, EMA_WEIGHTS, METRICS, RUN_INFO, WEIGHTS, RunLock
 from .schedule import Schedule, TrainClock
+from .state import restore, rng_state
+from .step import NonFinite, StepSettings, TrainStep
 
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "curves.png"
-BAD_FILES = "bad_files.txt"
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (a non-finite loss): the message says where and what was kept."""
+__all__ = ["train", "TrainResult", "TrainingError", "TrainingInterrupted", "load_run_config", "build_model",
+           "describe", "runtime_settings", "deterministic_mode"]
 
 
 @dataclass
@@ -73,121 +76,6 @@ class TrainResult:
     model: Any = None  # the trained VisionTransformer (on CPU)
 
 
-# --------------------------------------------------------------------------------------------- model
-
-
-def runtime_settings(config: TrainConfig) -> dict:
-    """The model's training-time settings, which come from the training config, also for a loaded checkpoint."""
-    return {k: getattr(config, k) for k in TRAINING_FIELDS}
-
-
-def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
-    """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
-    a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
-    from ..checkpoints import load
-    from ..configs import variant_config
-    from ..models import create_model
-
-    runtime = runtime_settings(config)
-    if config.init_from is None:
-        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
-        try:
-            model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
-                                          **overrides, **runtime)
-            if overrides:  # no longer the named variant
-                model_config = model_config.replace(name=None)
-            return create_model(model_config)
-        except ValueError as e:
-            raise UsageError(f"model {config.model!r}: {e}") from None
-    fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
-    if fixed:
-        raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
-                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
-    from ..hub.catalog import suggest
-    from ..hub.resolve import is_known_source, model_source
-
-    if not is_known_source(config.init_from):
-        raise UsageError(f"--init-from {config.init_from}: no such file or folder, nor a pre-trained name or URI"
-                         f"{suggest(config.init_from)}")
-    path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load
-    reset = config.reset_head or (config.num_classes is not None)
-    model = load(path, num_classes=num_classes if reset else None, resample_to=config.image_size,
-                 resample_method=config.resample_method, **runtime)
-    if not reset and model.num_classes != num_classes:
-        raise UsageError(f"--init-from {config.init_from}: the checkpoint has {model.num_classes} classes but the "
-                         f"data has {num_classes}; pass --num-classes {num_classes} to replace its head with a new "
-                         "zero-initialised one (or use vitkit finetune)")
-    return model
-
-
-def describe(config) -> str:
-    """"ViT-S/16 at 224 px", or the shape of a model that is not a named variant."""
-    size = "x".join(str(s) for s in sorted(set(config.image_size)))
-    if config.name:
-        return f"{config.name} at {size} px"
-    return (f"a ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads, "
-            f"{config.patch_size[0]}-px patches at {size} px")
-
-
-def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
-    """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
-    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
-    base = model.preprocessing if config.init_from else Preprocessing()
-    return Preprocessing(
-        image_size=model.config.image_size,
-        mean=tuple(config.mean) if config.mean is not None else base.mean,
-        std=tuple(config.std) if config.std is not None else base.std,
-        interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
-        crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
-    )
-
-
-# ---------------------------------------------------------------------------------------- random state
-def rng_state() -> dict[str, Any]:
-    numpy_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "python" in state:
-        random.setstate((3, tuple(int(v) for v in state["python"]), None))
-    if "numpy" in state:
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state.get("numpy_pos", 624)),
-                             0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Every per-parameter tensor of a loaded optimizer state has its parameter's shape (load_state_dict checks
-    the groups, not the tensors: a wrong one would fail steps later, or broadcast silently)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if value is None or (torch.is_tensor(value) and value.dim() == 0 and value.is_floating_point()):
-                    continue  # an absent momentum buffer, a step count
-                if not torch.is_tensor(value) or not value.is_floating_point() or value.shape != param.shape:
-                    found = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                    raise ValueError(f"optimizer state {key!r} is {found}, expected {tuple(param.shape)} floats")
-
-
-def check_tensors_like(state: Any, reference: dict[str, torch.Tensor], what: str) -> None:
-    if not isinstance(state, dict):
-        raise TypeError(f"{what} state is a {type(state).__name__}, expected a dict of tensors")
-    for key, ref in reference.items():
-        value = state.get(key)
-        if not torch.is_tensor(value) or value.shape != ref.shape:
-            found = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise ValueError(f"{what} entry {key!r} is {found}, expected {tuple(ref.shape)}")
-
-
-# --------------------------------------------------------------------------------------------- helpers
 def _default_name(config: TrainConfig) -> str:
     return f"{config.recipe or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -203,43 +91,23 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-class MetricsLog:
-    """metrics.jsonl, one JSON object per line, flushed as written; only rank 0 writes."""
-
-    def __init__(self, path: Path, enabled: bool, keep_through_step: int | None = None, redo_evals: bool = False):
-        self.path = path
-        self.enabled = enabled
-        if not enabled:
-            return
-        if keep_through_step is not None and path.exists():  # a resumed run: drop what came after its checkpoint
-            from ..checkpoints.io import atomic_write_text
-            from .plots import read_metrics
-
-            redone = ("eval", "clock") if redo_evals else ()
-            kept = [r for r in read_metrics(path) if r.get("step", 0) < keep_through_step
-                    or r.get("step", 0) == keep_through_step and r.get("kind") not in redone]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        elif keep_through_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train as `config` says; `resume=True` continues the run out_dir/name from its newest readable checkpoint,
-    `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this."""
+    `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this. The run folder is
+    locked for the call's life: a second writer gets a UsageError naming this process. Ctrl-C saves a checkpoint
+    and raises `TrainingInterrupted`, whose message is the command that continues the run."""
     config.validate()
+    parse_loggers(config.log)
     info = distributed.setup(config.device)
     created_group = info.enabled
+    run = _Run(config, info, resume, log)
     try:
         with deterministic_mode(config.deterministic, config.threads):
-            return _Run(config, info, resume, log).run()
+            return run.run()
     finally:
+        run.lock.release()
         if created_group:
             distributed.teardown(info)
 
@@ -272,6 +140,8 @@ class _Run:
         self.main = info.is_main
         self._log = log
         self.restart = False  # --resume of a run that had written no checkpoint
+        self.lock = RunLock(Path(config.out_dir) / (config.name or "unnamed"))
+        self.out_of_time = self.interrupted = False
 
     def say(self, message: str) -> None:
         if not self.main:
@@ -283,9 +153,101 @@ class _Run:
 
             tqdm.write(message, file=sys.stdout)
 
-    # ----------------------------------------------------------------------------------------- set-up
+    # ------------------------------------------------------------------------------------------- the loop
+    def run(self) -> TrainResult:
+        """Steps from start_step to end_step; components decide when they act."""
+        c = self.config
+        self.prepare()
+        step_fn, evaluator, checkpointer, clock, schedule = (self.train_step, self.evaluator, self.checkpointer,
+                                                             self.clock, self.schedule)
+        start, end = self.start_step, self.end_step
+        final = final_ema = None
+        try:
+            with catch_interrupt(self.info, self.say) as stop:
+                step_fn.batches = self.make_batches()  # (loader processes forked under the Ctrl-C handler)
+                clock.start()
+                seconds = self.shared_seconds()
+                for step in range(start, end):
+                    skipped = step_fn(step, schedule.at(step, seconds))
+                    if skipped is not None:
+                        self.note_skipped(skipped)
+                    done = step + 1
+                    faults.hit("step.end", done)
+                    self.bar.update(1)
+                    seconds = self.shared_seconds()
+                    if schedule.out_of_time(seconds):  # budget_minutes spent: this step is the last
+                        end, self.out_of_time = done, True
+                    if stop.requested():  # Ctrl-C: this step is the last of this invocation
+                        end, self.interrupted = done, True
+                    if done == end:
+                        break
+                    due_eval, due_save = evaluator.due(done, seconds), checkpointer.due(done)
+                    if done % c.log_every == 0 or due_eval or due_save:
+                        self.flush(done)
+                    if due_eval:
+                        with clock.paused():
+                            self.report_eval(done, *evaluator(done))
+                    if due_save:
+                        with clock.paused():
+                            self.save(done)
+                self.flush(end)
+                self.bar.close()
+                if not self.interrupted:
+                    final, final_ema = evaluator(end)
+                self.save(end, last=True)
+        finally:
+            self.bar.close()
+            self.metrics.close(f"{self.run_dir.name}: {describe(self.model.config)}, {len(self.train_set):,} images",
+                               self.say)
+        return self.finish(end, final, final_ema)
+
+    def shared_seconds(self) -> float:
+        """The training clock, the same on every rank (rank clocks differ a little, and a rank that stopped or
+        evaluated alone would leave the others waiting): the largest, when anything depends on it."""
+        seconds = self.clock.seconds()
+        if self.info.enabled and (self.config.budget_minutes or self.config.eval_every_minutes):
+            import torch.distributed as dist
+
+            shared = torch.tensor([seconds], dtype=torch.float64, device=self.info.device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            seconds = float(shared)
+        return seconds
+
+    def flush(self, step: int) -> None:
+        """One training record of the steps since the last; stop on a non-finite loss."""
+        try:
+            record = self.train_step.take_record(step, self.steps_per_epoch)
+        except NonFinite as e:
+            self.bar.close()
+            self.metrics.write({"kind": "stopped", "step": e.step, "reason": "non-finite loss or gradient norm"})
+            raise TrainingError(f"the loss or gradient norm became non-finite at step {e.step} of {self.total}; "
+                                f"training stopped and {self.checkpointer.last_good()}. Try a lower --lr, a longer "
+                                "warm-up or --precision fp32 (or --on-nonfinite skip to drop such steps)") from None
+        if record is not None:
+            self.metrics.write(record)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}",
+                                 lr=f"{record['lr']:.2e}", refresh=False)
+
+    def save(self, step: int, last: bool = False) -> None:
+        try:
+            self.checkpointer.maybe_save(step, last=last)
+        except CheckpointWriteError as e:
+            self.bar.close()
+            raise TrainingError(str(e)) from None
+
+    def note_skipped(self, record: dict) -> None:
+        self.metrics.write(record)
+        self.say(f"step {record['step']}: non-finite loss ({record['loss']:g}) or gradient norm "
+                 f"({record['grad_norm']:g}); its update is skipped (--on-nonfinite skip)")
+
+    def report_eval(self, step: int, result: EvalResult | None, result_ema: EvalResult | None) -> None:
+        if result is not None:
+            self.say(f"step {step}: {self.splits.val_name} top-1 {100 * result.top1:.2f}%"
+                     + (f", EMA {100 * result_ema.top1:.2f}%" if result_ema is not None else ""))
+
+    # ------------------------------------------------------------------------------------------ set-up
     def resolve_run_dir(self) -> tuple[Path, Path | None]:
-        """(run folder, the checkpoint folder to resume from or None)."""
+        """(run folder, the checkpoint folder to resume from or None); a resumed run's folder is locked here."""
         c = self.config
         if self.resume:
             if self.resume is True:
@@ -294,23 +256,25 @@ class _Run:
                 target = Path(c.out_dir) / c.name
             else:
                 target = Path(self.resume)
-            if not target.exists():
-                raise UsageError(f"--resume {target}: no such run or checkpoint folder")
-            if target.name.startswith("step_") and target.parent.name == "checkpoints":
-                return target.parent.parent, target
-            if not list_checkpoints(target):
-                if (target / CONFIG_FILE).is_file():  # stopped before its first checkpoint: nothing to keep
-                    self.say(f"{target} has no checkpoint yet; starting it again from step 0")
-                    self.restart = True
-                    return target, None
-                raise UsageError(f"--resume {target}: the run has no checkpoints to resume from")
-            return target, None
+            run_dir, chosen = run_folder.resolve_resume(target)
+            if self.main:
+                self.lock = RunLock(run_dir).acquire()
+            if chosen is None and not list_checkpoints(run_dir):  # stopped before its first checkpoint
+                self.say(f"{run_dir} has no checkpoint yet; starting it again from step 0")
+                self.restart = True
+            return run_dir, chosen
         name = distributed.broadcast_object(c.name or _default_name(c), self.info)
         run_dir = Path(c.out_dir) / name
-        if run_dir.exists() and ((run_dir / "checkpoints").exists() or (run_dir / METRICS_FILE).exists()):
+        if run_dir.exists() and self.main:
+            self.lock = RunLock(run_dir).acquire()  # a run being written now: refused, naming its process
+        self.check_fresh(run_dir)
+        return run_dir, None
+
+    @staticmethod
+    def check_fresh(run_dir: Path) -> None:
+        if run_dir.exists() and ((run_dir / run_folder.CHECKPOINTS).exists() or (run_dir / METRICS).exists()):
             raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another "
                              "--name")
-        return run_dir, None
 
     def load_resume_checkpoint(self, run_dir: Path, chosen: Path | None) -> Checkpoint:
         if chosen is not None:
@@ -323,433 +287,274 @@ class _Run:
             raise UsageError(f"--resume {run_dir}: no readable checkpoint")
         return ckpt
 
-    # ----------------------------------------------------------------------------------------------- run
-    def run(self) -> TrainResult:
+    def prepare(self) -> None:
+        """Everything the loop needs, in the order a reader would do it by hand."""
         c, info = self.config, self.info
-        started = time.time()
-        run_dir, chosen = self.resolve_run_dir()
-        resume_ckpt = self.load_resume_checkpoint(run_dir, chosen) if self.resume and not self.restart else None
+        self.started = time.time()
+        self.run_dir, chosen = self.resolve_run_dir()
+        resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
         torch.manual_seed(c.seed)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
-
-        # data
-        splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
-                           val_fraction=c.val_fraction, val_per_class=c.val_per_class, split_seed=c.split_seed,
-                           limit_per_class=c.limit_per_class, max_bad_fraction=c.max_bad_fraction,
-                           cache=c.cache_images, log=self.say, progress=c.progress and self.main, min_classes=2)
-        classes, train_set, val_set = splits.classes, splits.train, splits.val
-        if c.num_classes is not None and c.num_classes < len(classes):
-            raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(classes)} classes of the data")
-        num_classes = c.num_classes or len(classes)
-
-        # model
+        self.prepare_data()
+        self.prepare_model(resume_ckpt)
+        self.prepare_steps()
+        self.prepare_optimizer(resume_ckpt)
+        self.write_run_folder(resume_ckpt)
+        self.prepare_loaders()
+        self.prepare_components(resume_ckpt)
+        parameters = sum(p.numel() for p in self.model.parameters())
+        val_count = len(self.val_set) if self.val_set is not None else 0
+        self.say(f"training {describe(self.model.config)} ({parameters:,} parameters, {self.num_classes} classes) "
+                 f"on {self.splits.description}: {len(self.train_set):,} training images, {val_count:,} "
+                 f"{self.splits.val_name} images; {self.total:,} steps of {c.batch_size} ({self.steps_per_epoch} per "
+                 f"epoch), {info.world_size} process(es) on {info.device}")
         if resume_ckpt is not None:
+            self.say(f"resuming {self.run_dir} from step {self.start_step} ({resume_ckpt.path})")
+
+    def prepare_data(self) -> None:
+        c = self.config
+        self.shard_data = None
+        if is_shard_spec(c.data):  # tar shards, streamed (the same fields as DataSplits)
+            self.splits = self.shard_data = ShardData(c, self.info, self.say)
+        else:
+            self.splits = open_data(c.data, want_val=c.val_split != "none", val_split=c.val_split,
+                                    val_fraction=c.val_fraction, val_per_class=c.val_per_class,
+                                    split_seed=c.split_seed, limit_per_class=c.limit_per_class,
+                                    max_bad_fraction=c.max_bad_fraction, cache=c.cache_images, log=self.say,
+                                    progress=c.progress and self.main, min_classes=2)
+        self.classes, self.train_set, self.val_set = self.splits.classes, self.splits.train, self.splits.val
+        if c.num_classes is not None and c.num_classes < len(self.classes):
+            raise UsageError(f"--num-classes {c.num_classes} is fewer than the {len(self.classes)} classes of the "
+                             "data")
+        self.num_classes = c.num_classes or len(self.classes)
+
+    def prepare_model(self, resume_ckpt: Checkpoint | None) -> None:
+        c = self.config
+        self.sharded = sharded = c.parallel == "fsdp"  # checkpoints by torch.distributed.checkpoint, any rank count
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path):
+            from ..configs import Preprocessing, ViTConfig
+            from ..models import create_model
+
+            model = create_model(ViTConfig.from_dict(resume_ckpt.state["model_config"]))  # weights: on restore
+            model.preprocessing = Preprocessing.from_dict(resume_ckpt.state["preprocessing"])
+        elif resume_ckpt is not None:
             from ..checkpoints import load
 
             model = load(resume_ckpt.path / WEIGHTS, **runtime_settings(c))
         else:
-            model = build_model(c, num_classes, self.say)
+            model = build_model(c, self.num_classes, self.say)
             model.preprocessing = model_preprocessing(model, c)
-        model.class_names = list(classes) + [str(i) for i in range(len(classes), model.num_classes)]
+        model.class_names = list(self.classes) + [str(i) for i in range(len(self.classes), model.num_classes)]
         if c.progressive_min_size:  # smaller inputs early in the run: the position embeddings are resampled
             model.config = model.config.replace(dynamic_image_size=True)
-        if model.num_classes != num_classes:
-            raise UsageError(f"the model has {model.num_classes} classes, the data {num_classes}")
-        device = info.device
-        if c.precision == "fp16" and device.type != "cuda":
+        if model.num_classes != self.num_classes:
+            raise UsageError(f"the model has {model.num_classes} classes, the data {self.num_classes}")
+        if c.precision == "fp16" and self.info.device.type != "cuda":
             raise UsageError("--precision fp16 needs a GPU (it uses a grad scaler); on CPU use bf16")
-        model.to(device)
+        if c.precision == "fp16" and sharded:
+            raise UsageError("--precision fp16 with --parallel fsdp is not supported; use --fsdp-param-dtype bf16")
+        if resume_ckpt is not None and is_sharded_checkpoint(resume_ckpt.path) != sharded:
+            raise UsageError(f"--resume {resume_ckpt.path}: a {'sharded' if not sharded else 'DDP'} checkpoint; "
+                             f"resume it with --parallel {'fsdp' if not sharded else 'ddp'}")
+        self.model = model.to(self.info.device)
+        # the model that trains: itself, DDP around it, or sharded in place by FSDP (before the optimizer sees it)
+        self.ema_model = copy.deepcopy(model).eval() if c.ema_decay > 0 else None
+        self.train_model = wrap_model(model, ParallelConfig(c.parallel, c.fsdp_param_dtype, c.checkpoint_blocks),
+                                      self.info)
 
-        # steps
-        global_batch = c.batch_size
-        if global_batch % (c.accum_steps * info.world_size):
-            raise UsageError(f"batch_size {global_batch} is not divisible by accum_steps x processes "
+    def prepare_steps(self) -> None:
+        c, info = self.config, self.info
+        if c.batch_size % (c.accum_steps * info.world_size):
+            raise UsageError(f"batch_size {c.batch_size} is not divisible by accum_steps x processes "
                              f"({c.accum_steps} x {info.world_size})")
-        steps_per_epoch = len(train_set) // global_batch
-        if steps_per_epoch < 1:
-            raise UsageError(f"batch_size {global_batch} is larger than the {len(train_set)} training images")
-        total = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * steps_per_epoch))
-        warmup = min(c.warmup_steps or int(round(c.warmup_epochs * steps_per_epoch)), total)
-        end_step = min(total, c.stop_after) if c.stop_after is not None else total
-        eval_every = steps_per_epoch if c.eval_every == 0 else c.eval_every
+        self.steps_per_epoch = len(self.train_set) // c.batch_size
+        if self.steps_per_epoch < 1:
+            raise UsageError(f"batch_size {c.batch_size} is larger than the {len(self.train_set)} training images")
+        self.total = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * self.steps_per_epoch))
+        self.warmup = min(c.warmup_steps or int(round(c.warmup_epochs * self.steps_per_epoch)), self.total)
+        self.end_step = min(self.total, c.stop_after) if c.stop_after is not None else self.total
+        self.start_step = 0
 
-        # optimizer, scaler, EMA, and the resumed state
-        optimizer = build_optimizer(model, c)
-        scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
-        ema = EMA(model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
-        start_step = 0
-        if resume_ckpt is not None:
-            state = resume_ckpt.state
-            try:
-                settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-                optimizer.load_state_dict(state["optimizer"])
-                for group, own in zip(optimizer.param_groups, settings):
-                    group.update(own)  # betas, weight decay, ...: this run's config, not whatever the file says
-                check_optimizer_state(optimizer)
-                if state.get("scaler"):
-                    scaler.load_state_dict(state["scaler"])
-                if ema is not None and state.get("ema") is not None:
-                    check_tensors_like(state["ema"], ema.shadow, "EMA")
-                    ema.load_state_dict(state["ema"])
-                if state.get("rng"):
-                    set_rng_state(state["rng"])
-            except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
-                raise UsageError(f"--resume {resume_ckpt.path}: the saved state does not fit this run "
-                                 f"({type(e).__name__}: {str(e).strip()[:300]}); was the model or optimizer "
-                                 "changed?") from None
-            start_step = resume_ckpt.step
-            if c.budget_minutes and float(state.get("train_seconds") or 0.0) >= 60 * c.budget_minutes:
-                raise UsageError(f"--resume {resume_ckpt.path}: the run already spent its budget of "
-                                 f"{c.budget_minutes:g} minutes; raise --budget-minutes to train longer")
-            # killed after its last checkpoint but before the final weights: resuming only finishes it
-            finishing = start_step == total and not (run_dir / WEIGHTS).exists()
-            if start_step >= total and not finishing:
-                raise UsageError(f"--resume {resume_ckpt.path}: the run already finished ({start_step} of {total} "
-                                 "steps); raise --steps to train longer")
-            if finishing:
-                end_step = total
-            elif end_step <= start_step:
-                raise UsageError(f"--stop-after {c.stop_after}: the run is already at step {start_step}")
+    def prepare_optimizer(self, resume_ckpt: Checkpoint | None) -> None:
+        """Optimizer, grad scaler, EMA; for a resumed run their saved state, and what is left to do."""
+        c = self.config
+        self.optimizer = build_optimizer(self.model, c)
+        self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=c.precision == "fp16")
+        self.ema = EMA(self.model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
+        if resume_ckpt is None:
+            return
+        load_optimizer = (lambda: load_sharded_checkpoint(resume_ckpt.path, self.model, self.optimizer)) \
+            if self.sharded else None
+        restore(resume_ckpt.state, self.optimizer, self.scaler, self.ema, resume_ckpt.path, load_optimizer)
+        start = self.start_step = resume_ckpt.step
+        spent = bool(c.budget_minutes) and float(resume_ckpt.state.get("train_seconds") or 0.0) >= 60 * c.budget_minutes
+        # killed after its last checkpoint but before the final weights (all steps done, or the budget spent):
+        # resuming only finishes it
+        if not (self.run_dir / WEIGHTS).exists() and (start == self.total or spent):
+            self.end_step, self.out_of_time = start, spent
+        elif spent:
+            raise UsageError(f"--resume {resume_ckpt.path}: the run already spent its budget of "
+                             f"{c.budget_minutes:g} minutes; raise --budget-minutes to train longer")
+        elif start >= self.total:
+            raise UsageError(f"--resume {resume_ckpt.path}: the run already finished ({start} of {self.total} "
+                             "steps); raise --steps to train longer")
+        elif self.end_step <= start:
+            raise UsageError(f"--stop-after {c.stop_after}: the run is already at step {start}")
 
-        # the run folder
-        resolved = c.replace(name=run_dir.name, out_dir=str(run_dir.parent), num_classes=num_classes,
-                             image_size=model.config.image_size[0], mean=list(model.preprocessing.mean),
-                             std=list(model.preprocessing.std), interpolation=model.preprocessing.interpolation,
-                             steps=total, stop_after=None)  # stop_after belongs to one invocation
+    def write_run_folder(self, resume_ckpt: Checkpoint | None) -> None:
+        """config.json and run.json (rank 0, under the run's lock), and the metrics logger."""
+        c, info, model, run_dir = self.config, self.info, self.model, self.run_dir
+        self.resolved = c.replace(name=run_dir.name, out_dir=str(run_dir.parent), num_classes=self.num_classes,
+                                  image_size=model.config.image_size[0], mean=list(model.preprocessing.mean),
+                                  std=list(model.preprocessing.std), interpolation=model.preprocessing.interpolation,
+                                  steps=self.total, stop_after=None)  # stop_after belongs to one invocation
         if self.main:
             from ..checkpoints.io import atomic_write_text
             from ..models import count_parameters
 
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / CONFIG_FILE, resolved.to_json() + "\n")
-            atomic_write_text(run_dir / RUN_FILE, json.dumps({
-                "classes": classes, "data": splits.description, "train_images": len(train_set),
-                "val_images": len(val_set) if val_set is not None else 0, "val_split": splits.val_name,
-                "steps_per_epoch": steps_per_epoch, "total_steps": total, "warmup_steps": warmup,
-                "world_size": info.world_size, "device": str(device), "parameters": count_parameters(model),
-                "model": model.config.to_dict(), "preprocessing": model.preprocessing.to_dict(),
-                "torch": torch.__version__, "command": sys.argv,
+            if resume_ckpt is None and not self.restart:
+                self.lock = self.lock if self.lock.fd is not None else RunLock(run_dir).acquire()
+                self.check_fresh(run_dir)  # again, under the lock: another process may have started it meanwhile
+            atomic_write_text(run_dir / CONFIG, self.resolved.to_json() + "\n")
+            atomic_write_text(run_dir / RUN_INFO, json.dumps({
+                "classes": self.classes, "data": self.splits.description, "train_images": len(self.train_set),
+                "val_images": len(self.val_set) if self.val_set is not None else 0,
+                "val_split": self.splits.val_name, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total, "warmup_steps": self.warmup, "world_size": info.world_size,
+                "device": str(info.device), "parameters": count_parameters(model), "model": model.config.to_dict(),
+                "preprocessing": model.preprocessing.to_dict(), "torch": torch.__version__, "command": sys.argv,
             }, indent=2) + "\n")
-            if splits.bad_files:
-                atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in splits.bad_files))
-        metrics = MetricsLog(run_dir / METRICS_FILE, self.main, start_step if resume_ckpt is not None else None,
-                             redo_evals=resume_ckpt is not None and start_step == end_step)
-        if resume_ckpt is not None:
-            faults.hit("resume.metrics", start_step)
+            if self.shard_data is None:
+                write_split(run_dir, c, self.splits)  # the evaluation split as a fact, for vitkit eval
+            if self.splits.bad_files:
+                atomic_write_text(run_dir / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in self.splits.bad_files))
+        resumed = resume_ckpt is not None
+        self.metrics = MetricsLogger(run_dir, self.main, parse_loggers(c.log), self.start_step if resumed else None,
+                                     redo_evals=resumed and self.start_step == self.end_step,
+                                     config=self.resolved.to_dict())
+        if resumed:
+            faults.hit("resume.metrics", self.start_step)
         distributed.barrier(info)
 
-        # loaders
+    def prepare_loaders(self) -> None:
+        c, info, model = self.config, self.info, self.model
+        pin = info.device.type == "cuda"
         augment = dict(crop=c.crop, crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
-                        randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
-                        random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
-                        randaugment_magnitude_std=c.randaugment_magnitude_std,
-                        randaugment_increasing=c.randaugment_increasing)
-        workers = auto_workers(train_set, c.num_workers, info.world_size)
-        pin = device.type == "cuda"
-        sampler = StepBatchSampler(len(train_set), global_batch, c.accum_steps, info.world_size, info.rank, c.seed,
-                                   start_step, end_step, repeats=c.repeated_augmentation)
-        train_data = TransformedImages(train_set, train_transform(model.preprocessing, **augment))
-        val_batches = None
-        if val_set is not None:
-            eval_batch = c.eval_batch_size or max(global_batch // c.accum_steps // info.world_size, 1)
-            val_data = TransformedImages(val_set, eval_transform(model.preprocessing))
-            val_workers = auto_workers(val_set, -1 if val_set.in_memory else c.num_workers, info.world_size)
-            val_batches = eval_loader(val_data, eval_batch, val_workers,
-                                      info.rank, info.world_size, pin)
+                       randaugment_ops=c.randaugment_ops, randaugment_magnitude=c.randaugment_magnitude,
+                       random_erasing=c.random_erasing, randaugment_style=c.randaugment_style,
+                       randaugment_magnitude_std=c.randaugment_magnitude_std,
+                       randaugment_increasing=c.randaugment_increasing)
+        workers = auto_workers(self.train_set, c.num_workers, info.world_size)
+        sampler = StepBatchSampler(len(self.train_set), c.batch_size, c.accum_steps, info.world_size, info.rank,
+                                   c.seed, self.start_step, self.end_step, repeats=c.repeated_augmentation)
+        if self.shard_data is not None:  # streamed from tar shards, from position start_step x batch_size
+            if c.repeated_augmentation > 1:
+                raise UsageError(f"--data {c.data}: tar shards stream each image once; repeated_augmentation="
+                                 f"{c.repeated_augmentation} needs an image folder or CIFAR pickles")
+            transform = train_transform(model.preprocessing, **augment)
+            self.make_batches = lambda: iter(self.shard_data.train_batches(transform, self.start_step, workers, pin))
+        elif c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
+            augment = TensorAugment(model.preprocessing.mean, model.preprocessing.std, crop=c.crop,
+                                    crop_min_area=c.crop_min_area, crop_padding=c.crop_padding, hflip=c.hflip,
+                                    random_erasing=c.random_erasing)
+            self.make_batches = lambda: iter(TensorBatches(stack_images(self.train_set), self.train_set.labels,
+                                                           sampler, augment))
+        else:
+            data = TransformedImages(self.train_set, train_transform(model.preprocessing, **augment))
+            self.make_batches = lambda: iter(train_loader(data, sampler, workers, pin))
+        self.val_batches = None
+        eval_batch = c.eval_batch_size or max(c.batch_size // c.accum_steps // info.world_size, 1)
+        if self.shard_data is not None and self.val_set is not None:
+            self.val_batches = self.shard_data.eval_batches(eval_transform(model.preprocessing), eval_batch,
+                                                            auto_workers(self.val_set, c.num_workers,
+                                                                         info.world_size), pin)
+        elif self.val_set is not None:
+            val_data = TransformedImages(self.val_set, eval_transform(model.preprocessing))
+            val_workers = auto_workers(self.val_set, -1 if self.val_set.in_memory else c.num_workers,
+                                       info.world_size)
+            self.val_batches = eval_loader(val_data, eval_batch, val_workers, info.rank, info.world_size, pin)
 
-        # the model that trains: DDP, then compile
-        train_model = model
-        ddp = None
-        if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            train_model = ddp
-        if c.compile:
-            train_model = torch.compile(train_model, backend=c.compile_backend)
-        ema_model = copy.deepcopy(model).eval() if ema is not None else None
-
-        parameters = sum(p.numel() for p in model.parameters())
-        self.say(f"training {describe(model.config)} ({parameters:,} parameters, {num_classes} classes) on "
-                 f"{splits.description}: {len(train_set):,} training images, "
-                 f"{len(val_set) if val_set is not None else 0:,} {splits.val_name} images; {total:,} steps of "
-                 f"{global_batch} ({steps_per_epoch} per epoch), {info.world_size} process(es) on {device}")
-        if resume_ckpt is not None:
-            self.say(f"resuming {run_dir} from step {start_step} ({resume_ckpt.path})")
-
-        # ------------------------------------------------------------------------------------ evaluation
-        def run_eval(step: int) -> tuple[EvalResult | None, EvalResult | None]:
-            if val_batches is None:
-                return None, None
-            metrics.write({"kind": "clock", "step": step, "train_seconds": round(clock.seconds(), 2),
-                           "seconds": round(time.time() - started, 2)})  # the time behind the weights evaluated
-            results = []
-            for weights, net in (("model", model), ("ema", ema_model)):
-                if net is None:
-                    results.append(None)
-                    continue
-                if weights == "ema":
-                    ema.copy_to(ema_model)
-                counts = evaluate(net, val_batches, num_classes, device, c.precision,
-                                  progress=c.progress and self.main and len(val_batches) >= 20,
-                                  desc=f"eval {splits.val_name}",
-                                  total=len(val_batches))
-                distributed.all_reduce_sum(counts.tensors(), info)
-                result = counts.result()
-                metrics.write({"kind": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                               "split": splits.val_name, "weights": weights, **result.summary()})
-                results.append(result)
-            model.train()
-            return results[0], results[1]
-
-        # ------------------------------------------------------------------------------------ checkpoints
-        last_saved: dict[str, Any] = {"step": start_step if resume_ckpt is not None else None,
-                                      "path": resume_ckpt.path if resume_ckpt is not None else None}
-
-        def last_good() -> str:
-            return (f"the last good checkpoint, {last_saved['path']} (step {last_saved['step']}), is untouched"
-                    if last_saved["path"] is not None else "no checkpoint had been written")
-
-        def save(step: int) -> None:
-            if self.main:
-                state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(),
-                         "config": resolved.to_json(), "world_size": info.world_size, "total_steps": total,
-                         "data": {"train_images": len(train_set), "steps_per_epoch": steps_per_epoch},
-                         "train_seconds": clock.seconds()}
-                model.eval()
-                try:
-                    path = write_checkpoint(run_dir, step, model, state, keep=c.keep_checkpoints)
-                except (OSError, RuntimeError) as e:  # a full disk, a file size limit, a folder gone read-only
-                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    bar.close()
-                    raise TrainingError(f"could not write the checkpoint of step {step} ({reason}); training "
-                                        f"stopped and {last_good()}. Make room and continue with: vitkit train "
-                                        f"--resume {run_dir}") from None
-                model.train()
-                last_saved.update(step=step, path=path)
-            distributed.barrier(info)
-
-        # ------------------------------------------------------------------------------------ the loop
+    def prepare_components(self, resume_ckpt: Checkpoint | None) -> None:
+        """The model that trains (compiled if asked), and the step, evaluator, checkpointer, clock and bar."""
+        c, info, model = self.config, self.info, self.model
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start_step, desc=f"train {run_dir.name}", unit="step",
-                   disable=not (c.progress and self.main), dynamic_ncols=True, smoothing=0.05)
-        model.train()
-        if c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
-            tensor_augment = TensorAugment(model.preprocessing.mean, model.preprocessing.std, crop=c.crop,
-                                           crop_min_area=c.crop_min_area, crop_padding=c.crop_padding,
-                                           hflip=c.hflip, random_erasing=c.random_erasing)
-            batches = iter(TensorBatches(stack_images(train_set), train_set.labels, sampler, tensor_augment))
-        else:
-            batches = iter(train_loader(train_data, sampler, workers, pin))
-        schedule = Schedule(c, total, warmup, model.config.image_size[0],
-                            model.config.patch_size[0] * model.config.stem_stride)
+        synced_model = train_model = self.train_model  # (no_sync / set_requires_gradient_sync go to the wrapper)
+        if c.compile:
+            train_model = torch.compile(train_model, backend=c.compile_backend)
+        self.schedule = Schedule(c, self.total, self.warmup, model.config.image_size[0],
+                                 model.config.patch_size[0] * model.config.stem_stride)
         resize_inputs = c.pipeline == "tensor" or bool(c.progressive_min_size)
-        clock = TrainClock(float(resume_ckpt.state.get("train_seconds") or 0.0) if resume_ckpt is not None else 0.0)
-        eval_interval = 60.0 * c.eval_every_minutes
-        next_timed_eval = (math.floor(clock.seconds() / eval_interval) + 1) * eval_interval if eval_interval else None
-        out_of_time = False
+        self.train_step = TrainStep(StepSettings.from_config(c, resize_inputs), model, train_model, self.optimizer,
+                                    self.scaler, self.ema, synced_model, iter(()), self.num_classes, info,
+                                    self.total)
+        self.clock = TrainClock(float(resume_ckpt.state.get("train_seconds") or 0.0) if resume_ckpt else 0.0)
+        self.evaluator = Evaluator(model, self.ema, self.ema_model, self.val_batches, self.splits.val_name,
+                                   self.num_classes, c.precision, info, self.metrics, self.clock, self.started,
+                                   every_steps=self.steps_per_epoch if c.eval_every == 0 else c.eval_every,
+                                   every_minutes=c.eval_every_minutes, steps_per_epoch=self.steps_per_epoch,
+                                   progress=c.progress and self.main, sharded=self.sharded)
+        if self.sharded:  # every rank writes its shard
+            def write(run_dir, step, state, keep):
+                return write_sharded_checkpoint(run_dir, step, model, self.optimizer, state, info, keep=keep)
+        else:
+            def write(run_dir, step, state, keep):
+                return write_checkpoint(run_dir, step, model, state, keep=keep)
+        self.checkpointer = Checkpointer(self.run_dir, model, self.checkpoint_state, every=c.checkpoint_every,
+                                         keep=c.keep_checkpoints, info=info, write=write, sharded=self.sharded,
+                                         resumed_step=resume_ckpt.step if resume_ckpt else None,
+                                         resumed_path=resume_ckpt.path if resume_ckpt else None)
+        self.bar = tqdm(total=self.total, initial=self.start_step, desc=f"train {self.run_dir.name}", unit="step",
+                        disable=not (c.progress and self.main), dynamic_ncols=True, smoothing=0.05)
+        model.train()
 
-        def training_seconds() -> float:
-            """The clock, the same on every rank (rank clocks differ a little, and a rank that stopped or
-            evaluated alone would leave the others waiting): the largest, when anything depends on it."""
-            seconds = clock.seconds()
-            if info.enabled and (c.budget_minutes or eval_interval):
-                import torch.distributed as dist
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds beside the weights (and, sharded, beside the model's and optimizer's shards)."""
+        if self.sharded:
+            return {"rng": rng_state(), "config": self.resolved.to_json(), "world_size": self.info.world_size,
+                    "total_steps": self.total, "model_config": self.model.config.to_dict(),
+                    "preprocessing": self.model.preprocessing.to_dict(),
+                    "data": {"train_images": len(self.train_set), "steps_per_epoch": self.steps_per_epoch},
+                    "train_seconds": self.clock.seconds()}
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
+                "config": self.resolved.to_json(), "world_size": self.info.world_size, "total_steps": self.total,
+                "data": {"train_images": len(self.train_set), "steps_per_epoch": self.steps_per_epoch},
+                "train_seconds": self.clock.seconds()}
 
-                shared = torch.tensor([seconds], dtype=torch.float64, device=device)
-                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
-                seconds = float(shared)
-            return seconds
-
-        def new_window() -> dict[str, Any]:
-            """Sums since the last training record, kept on the device so that no step waits for a sync."""
-            zeros = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)]
-            return dict(loss=zeros[0], correct=zeros[1], seen=zeros[2], bad=zeros[3], steps=0, skipped=0,
-                        since=time.time(), first_bad=torch.full((), float(total + 1), dtype=torch.float64,
-                                                                device=device))
-
-        window = new_window()
-        lr = c.lr
-        grad_norm = torch.zeros(())
-        final = final_ema = None
-        skip_nonfinite = c.on_nonfinite == "skip"
-        skipped_steps = 0
-
-        def flush(step: int) -> None:
-            """Sum the window over ranks, stop on a non-finite loss, write one training record."""
-            nonlocal window
-            if window["steps"] == 0:
-                return
-            sums = torch.stack([window["loss"], window["correct"], window["seen"], window["bad"]])
-            distributed.all_reduce_sum([sums], info)
-            first_bad = window["first_bad"].clone()
-            if info.enabled:
-                import torch.distributed as dist
-
-                dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
-            sums = sums.cpu()
-            if sums[3] > 0:
-                bad_step = int(first_bad)
-                bar.close()
-                metrics.write({"kind": "stopped", "step": bad_step, "reason": "non-finite loss or gradient norm"})
-                raise TrainingError(f"the loss or gradient norm became non-finite at step {bad_step} of {total}; "
-                                    f"training stopped and {last_good()}. Try a lower --lr, a longer warm-up or "
-                                    "--precision fp32 (or --on-nonfinite skip to drop such steps)")
-            elapsed = max(time.time() - window["since"], 1e-9)
-            images = float(sums[2])
-            record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                      "loss": float(sums[0]) / (max(window["steps"] - window["skipped"], 1) * info.world_size),
-                      "accuracy": float(sums[1]) / max(images, 1.0), "lr": lr, "grad_norm": float(grad_norm),
-                      "images_per_sec": images / elapsed}
-            if resize_inputs:
-                record["image_size"] = plan.image_size  # progressive resolution: the last step's
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}",
-                            lr=f"{lr:.2e}", refresh=False)
-            window = new_window()
-
-        try:
-            clock.start()
-            seconds = training_seconds()
-            for step in range(start_step, end_step):
-                plan = schedule.at(step, seconds)
-                lr = plan.lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(mix_seed(c.seed, step, info.rank, 0xD209))  # dropout
-                step_loss = torch.zeros((), device=device)
-                for micro in range(c.accum_steps):
-                    images, labels = next(batches)
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    if resize_inputs:  # progressive resolution; the tensor path's images at the model's size
-                        images = resize_batch(images, plan.image_size)
-                    images, targets = mix_shard(images, labels, num_classes, rank=info.rank,
-                                                world_size=info.world_size, mixup_alpha=c.mixup_alpha,
-                                                cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
-                                                smoothing=c.label_smoothing, seed=mix_seed(c.seed, step, micro, 0x313))
-                    shard = images.shape[0]  # stochastic depth, patch dropout: this rank's rows of the global masks
-                    model.share_masks((mix_seed(c.seed, step, micro, 0xD20F), info.rank * shard,
-                                       shard * info.world_size))
-                    sync = ddp.no_sync() if ddp is not None and micro < c.accum_steps - 1 else contextlib.nullcontext()
-                    with sync:
-                        with autocast(device, c.precision):
-                            logits = train_model(images)
-                        loss = F.cross_entropy(logits.float(), targets)
-                        poison = faults.hit("loss", step + 1)  # (tests only: nan or inf)
-                        if poison:
-                            loss = loss * float(poison)
-                        scaler.scale(loss / c.accum_steps).backward()
-                    step_loss += loss.detach()
-                    window["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
-                    window["seen"] += labels.numel()
-                poison = faults.hit("grad", step + 1)  # (tests only: one gradient entry nan or inf)
-                if poison:
-                    next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float(poison)
-                faults.hit("step.after_backward", step + 1)
-                if c.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-                elif not scaler.is_enabled():
-                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                               if p.grad is not None])
-                step_loss = (step_loss / c.accum_steps).double()
-                finite = torch.isfinite(step_loss)
-                if not scaler.is_enabled():  # (a grad scaler skips steps with non-finite gradients itself)
-                    finite = finite & torch.isfinite(grad_norm.to(device))
-                skip = False
-                if skip_nonfinite:  # one sync per step: every rank must agree to skip
-                    bad = (~finite).double().reshape(1)
-                    distributed.all_reduce_sum([bad], info)
-                    skip = bool(bad.item() > 0)
-                if skip:
-                    optimizer.zero_grad(set_to_none=True)
-                    skipped_steps += 1
-                    window["skipped"] += 1
-                    metrics.write({"kind": "skipped", "step": step + 1, "loss": float(step_loss),
-                                   "grad_norm": float(grad_norm), "reason": "non-finite loss or gradient norm"})
-                    self.say(f"step {step + 1}: non-finite loss ({float(step_loss):g}) or gradient norm "
-                             f"({float(grad_norm):g}); its update is skipped (--on-nonfinite skip)")
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update(model, step)
-                    window["loss"] += torch.where(finite, step_loss, torch.zeros_like(step_loss))
-                    if not skip_nonfinite:
-                        window["bad"] += (~finite).double()
-                        window["first_bad"] = torch.where(finite, window["first_bad"],
-                                                          torch.minimum(window["first_bad"], torch.full_like(
-                                                              window["first_bad"], float(step + 1))))
-                window["steps"] += 1
-                done = step + 1
-                faults.hit("step.end", done)
-                bar.update(1)
-                seconds = training_seconds()
-                if schedule.out_of_time(seconds):  # budget_minutes spent: this step is the last
-                    end_step, out_of_time = done, True
-                due_eval = val_batches is not None and eval_every > 0 and done % eval_every == 0 and done < end_step
-                if next_timed_eval is not None and seconds >= next_timed_eval:
-                    due_eval = due_eval or (val_batches is not None and done < end_step)
-                    while next_timed_eval <= seconds:
-                        next_timed_eval += eval_interval
-                due_save = c.checkpoint_every > 0 and done % c.checkpoint_every == 0 and done < end_step
-                if done % c.log_every == 0 or due_eval or due_save or done == end_step:
-                    flush(done)
-                if due_eval:
-                    with clock.paused():
-                        result, result_ema = run_eval(done)
-                    if result is not None:
-                        self.say(f"step {done}: {splits.val_name} top-1 {100 * result.top1:.2f}%"
-                                 + (f", EMA {100 * result_ema.top1:.2f}%" if result_ema is not None else ""))
-                if due_save:
-                    with clock.paused():
-                        save(done)
-                if done == end_step:
-                    break
-            flush(end_step)
-            bar.close()
-            final, final_ema = run_eval(end_step)
-            if last_saved["step"] != end_step:
-                save(end_step)
-        finally:
-            bar.close()
-            if self.main and (run_dir / METRICS_FILE).exists():
-                from .plots import plot_curves
-
-                try:
-                    plot_curves(run_dir / METRICS_FILE, run_dir / PLOT_FILE,
-                                title=f"{run_dir.name}: {describe(model.config)}, {len(train_set):,} images")
-                except Exception as e:  # a figure must never cost a run
-                    self.say(f"could not draw {PLOT_FILE}: {e}")
-
-        finished = end_step == total or out_of_time
-        seconds = time.time() - started
+    # ------------------------------------------------------------------------------------------ the end
+    def finish(self, end: int, final: EvalResult | None, final_ema: EvalResult | None) -> TrainResult:
+        """The final weights (of a finished run), the summary record and the closing lines."""
+        info, model, run_dir, splits = self.info, self.model, self.run_dir, self.splits
+        finished = end == self.total or self.out_of_time
+        seconds = time.time() - self.started
+        if self.shard_data is not None:  # broken samples met by every rank
+            self.shard_data.gather_bad_files(run_dir / BAD_FILES)
+        if self.sharded and finished:  # the whole model, gathered on rank 0 (every rank takes part; None elsewhere)
+            model = unsharded_copy(model, info)
         if self.main and finished:
             from ..checkpoints import save as save_model
 
-            faults.hit("final.weights", end_step)
+            faults.hit("final.weights", end)
             model.eval()
             save_model(model.cpu(), run_dir / WEIGHTS)
-            if ema_model is not None:
-                ema.copy_to(ema_model)
-                save_model(ema_model.cpu(), run_dir / "model_ema.safetensors")
-        summary = {"kind": "summary", "step": end_step, "finished": finished, "seconds": round(seconds, 2),
-                   "train_seconds": round(clock.seconds(), 2), "bad_files": len(splits.bad_files)}
-        if skipped_steps:
-            summary["skipped_steps"] = skipped_steps
+            if self.ema_model is not None:
+                self.ema.copy_to(self.ema_model)
+                save_model(self.ema_model.cpu(), run_dir / EMA_WEIGHTS)
+        summary = {"kind": "summary", "step": end, "finished": finished, "seconds": round(seconds, 2),
+                   "train_seconds": round(self.clock.seconds(), 2), "bad_files": len(splits.bad_files)}
+        if self.interrupted:
+            summary["interrupted"] = True
+        if self.train_step.skipped_steps:
+            summary["skipped_steps"] = self.train_step.skipped_steps
         if final is not None:
             summary.update({f"{splits.val_name}_top1": final.top1, f"{splits.val_name}_top5": final.top5})
         if final_ema is not None:
             summary[f"{splits.val_name}_top1_ema"] = final_ema.top1
-        metrics.write(summary)
+        self.metrics.write(summary)
         distributed.barrier(info)
 
-        # the closing lines
         if final is not None:
             hits = int(round(final.top1 * final.count))
             line = (f"{splits.val_name} accuracy {100 * final.top1:.2f}% ({hits}/{final.count}), "
@@ -759,15 +564,21 @@ class _Run:
             self.say(line)
         if splits.bad_files:
             self.say(f"skipped {len(splits.bad_files)} unreadable file(s), listed in {run_dir / BAD_FILES}")
+        resume_command = f"vitkit train --resume {run_dir}"
         if finished:
-            self.say(f"trained {end_step - start_step:,} steps in {_format_seconds(seconds)}; run saved to "
-                     f"{run_dir}/ ({WEIGHTS}, checkpoints/, {METRICS_FILE}, {PLOT_FILE}, {CONFIG_FILE})")
+            self.say(f"trained {end - self.start_step:,} steps in {_format_seconds(seconds)}; run saved to "
+                     f"{run_dir}/ ({WEIGHTS}, checkpoints/, {METRICS}, {CURVES}, {CONFIG})")
+        elif self.interrupted:
+            message = (f"interrupted after step {end} of {self.total}; checkpoint saved to "
+                       f"{self.checkpointer.saved_path}; continue with: {resume_command}")
+            self.say(message)
+            raise TrainingInterrupted(message, run_dir, end)
         else:
-            self.say(f"stopped after step {end_step} of {total} ({_format_seconds(seconds)}); continue with: "
-                     f"vitkit train --resume {run_dir}")
-        return TrainResult(run_dir=run_dir, step=end_step, total_steps=total, finished=finished, seconds=seconds,
-                           val_name=splits.val_name, final=final, final_ema=final_ema,
-                           bad_files=splits.bad_files, model=model.cpu())
+            self.say(f"stopped after step {end} of {self.total} ({_format_seconds(seconds)}); continue with: "
+                     f"{resume_command}")
+        return TrainResult(run_dir=run_dir, step=end, total_steps=self.total, finished=finished, seconds=seconds,
+                           val_name=splits.val_name, final=final, final_ema=final_ema, bad_files=splits.bad_files,
+                           model=model.cpu() if model is not None else None)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -775,6 +586,6 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     from .config import apply_overrides, read_recipe_file
 
     path = Path(run_dir)
-    if path.name.startswith("step_") and path.parent.name == "checkpoints":
+    if run_folder.is_checkpoint_dir(path):
         path = path.parent.parent
-    return apply_overrides(TrainConfig(), read_recipe_file(path / CONFIG_FILE))
+    return apply_overrides(TrainConfig(), read_recipe_file(path / CONFIG))

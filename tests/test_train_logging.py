@@ -1,0 +1,48 @@
+"""Experiment logging beside metrics.jsonl: metrics.csv always, TensorBoard event files with --log tensorboard (read
+back with TensorBoard's own reader), and a one-line error for a logger that is not installed or not known."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from vitkit.cli import main
+from vitkit.training import run_folder
+
+FLAGS = ["--data", "digits", "--model", "ViT-Ti/4", "--image-size", "8", "--patch-size", "4", "--width", "32",
+         "--depth", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--warmup-steps", "1",
+         "--limit-per-class", "8", "--val-per-class", "2", "--val-split", "holdout", "--progress", "false",
+         "--num-workers", "0", "--log-every", "1", "--eval-every", "2"]
+
+
+def test_csv_and_tensorboard_hold_the_jsonl_records(tmp_path):
+    assert main(["train", *FLAGS, "--steps", "5", "--stop-after", "3", "--checkpoint-every", "2", "--log",
+                 "tensorboard", "--out-dir", tmp_path, "--name", "tb"]) == 0
+    run = tmp_path / "tb"
+    assert main(["train", "--resume", run, "--progress", "false"]) == 0  # resumed from step 2: steps 3.. again
+    records = [json.loads(line) for line in (run / run_folder.METRICS).read_text().splitlines()]
+    rows = list(csv.DictReader((run / run_folder.METRICS_CSV).open()))
+    wanted = [r for r in records if r["kind"] in ("train", "eval")]
+    assert [(r["kind"], int(r["step"]), float(r["loss"])) for r in rows] == \
+        [(r["kind"], r["step"], r["loss"]) for r in wanted]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / run_folder.TENSORBOARD))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4, 5]  # the resumed steps once: purged, then written again
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in records if r["kind"] == "train"])
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [e.step for e in events.Scalars("hold-out/top1")] == [r["step"] for r in evals] == [2, 3, 4, 5]
+
+
+def test_unknown_or_missing_loggers_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", *FLAGS, "--steps", "1", "--log", "mlflow", "--out-dir", tmp_path]) == 2
+    assert "log='mlflow': mlflow is not one of tensorboard, wandb" in capsys.readouterr().err
+    if importlib.util.find_spec("wandb") is None:
+        assert main(["train", *FLAGS, "--steps", "1", "--log", "wandb", "--out-dir", tmp_path, "--name", "w"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "vitkit: error: --log wandb needs the wandb package (pip install wandb)"

@@ -1,0 +1,76 @@
+"""The model a run trains: a fresh variant, or a checkpoint adapted for fine-tuning, and what its checkpoint will
+record about preprocessing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..configs import TRAINING_FIELDS, Preprocessing
+from ..errors import UsageError
+from .config import ARCHITECTURE_FIELDS, TrainConfig
+
+
+def runtime_settings(config: TrainConfig) -> dict:
+    """The model's training-time settings, which come from the training config, also for a loaded checkpoint."""
+    return {k: getattr(config, k) for k in TRAINING_FIELDS}
+
+
+def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
+    """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
+    a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
+    from ..checkpoints import load
+    from ..configs import variant_config
+    from ..models import create_model
+
+    runtime = runtime_settings(config)
+    if config.init_from is None:
+        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
+        try:
+            model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
+                                          **overrides, **runtime)
+            if overrides:  # no longer the named variant
+                model_config = model_config.replace(name=None)
+            return create_model(model_config)
+        except ValueError as e:
+            raise UsageError(f"model {config.model!r}: {e}") from None
+    fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
+    if fixed:
+        raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+    from ..hub.catalog import suggest
+    from ..hub.resolve import is_known_source, model_source
+
+    if not is_known_source(config.init_from):
+        raise UsageError(f"--init-from {config.init_from}: no such file or folder, nor a pre-trained name or URI"
+                         f"{suggest(config.init_from)}")
+    path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load
+    reset = config.reset_head or (config.num_classes is not None)
+    model = load(path, num_classes=num_classes if reset else None, resample_to=config.image_size,
+                 resample_method=config.resample_method, **runtime)
+    if not reset and model.num_classes != num_classes:
+        raise UsageError(f"--init-from {config.init_from}: the checkpoint has {model.num_classes} classes but the "
+                         f"data has {num_classes}; pass --num-classes {num_classes} to replace its head with a new "
+                         "zero-initialised one (or use vitkit finetune)")
+    return model
+
+
+def describe(config) -> str:
+    """"ViT-S/16 at 224 px", or the shape of a model that is not a named variant."""
+    size = "x".join(str(s) for s in sorted(set(config.image_size)))
+    if config.name:
+        return f"{config.name} at {size} px"
+    return (f"a ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads, "
+            f"{config.patch_size[0]}-px patches at {size} px")
+
+
+def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
+    """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
+    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
+    base = model.preprocessing if config.init_from else Preprocessing()
+    return Preprocessing(
+        image_size=model.config.image_size,
+        mean=tuple(config.mean) if config.mean is not None else base.mean,
+        std=tuple(config.std) if config.std is not None else base.std,
+        interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
+        crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
+    )
