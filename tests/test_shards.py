@@ -78,7 +78,7 @@ def test_pack_command(tmp_path, capsys):
         for i in range(5):
             Image.new("RGB", (6, 6), (40 * i, 80 * c, 10)).save(folder / colour / f"{i}.jpg")
     (folder / "blue" / "broken.jpg").write_bytes(b"not a jpeg")
-    code = cli(["data", "pack", str(folder), str(tmp_path / "out"), "--shard-size", "4", "--val-fraction", "0.2",
+    code = cli(["data", "pack", str(folder), "-o", str(tmp_path / "out"), "--shard-size", "4", "--val-fraction", "0.2",
                 "--max-bad-fraction", "0.1"])
     assert code == 0
     index = json.loads((tmp_path / "out" / INDEX_FILE).read_text())

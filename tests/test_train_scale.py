@@ -143,3 +143,32 @@ def test_settings_shards_cannot_honour_are_refused(tmp_path, shards):
             train(tiny_config(tmp_path, data=str(shards), **{"limit_per_class": None, **change}), log=quiet)
     with pytest.raises(UsageError, match="ema_decay needs parallel='ddp'"):
         train(tiny_config(tmp_path, parallel="fsdp", ema_decay=0.9), log=quiet)
+
+
+def test_a_broken_sample_in_the_shards_is_skipped_counted_and_listed(tmp_path, shards):
+    from test_shards import rewrite_shard
+
+    from vitkit.data.shards import iterate_shard
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    first = sorted(s["__key__"] for s in iterate_shard(str(copy / "shard-000001.tar")))[0]
+    rewrite_shard(copy / "shard-000001.tar", lambda name, data: b"garbage" if name == f"{first}.png" else data)
+    config = tiny_config(tmp_path, data=str(copy), **{**SETTINGS, "steps": 8, "checkpoint_every": 0},
+                         max_bad_fraction=0.1)
+    result = train(config, log=quiet)  # 8 steps of 8: 64 positions, more than the 60 samples, so every one is met
+    assert result.finished and len(result.bad_files) == 1
+    where, reason = result.bad_files[0]
+    assert where.endswith(f"shard-000001.tar:{first}") and "UnidentifiedImageError" in reason
+    listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
+    assert listed == [f"{where}\t{reason}"]
+    assert records(result.run_dir, "summary")[0]["bad_files"] == 1
+
+
+def test_a_sharded_checkpoint_is_named_as_such_where_a_model_is_expected(runs):
+    from vitkit.errors import CheckpointError
+    from vitkit.training.checkpoint import resolve_model_path
+
+    folder = list_checkpoints(runs["fsdp"])[0][1]
+    with pytest.raises(CheckpointError, match="a sharded .*checkpoint without model.safetensors; continue the run"):
+        resolve_model_path(folder)

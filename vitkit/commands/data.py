@@ -58,14 +58,14 @@ def run_pack(args) -> int:
     if not args.out:
         raise UsageError("-o/--output is required: the folder to create")
     check_output_folder(Path(args.out))  # vitkit creates no missing parent folders
+    say = _args.status(args)
     index = pack_shards(args.src, args.out, args.shard_size, seed=args.seed, val_fraction=args.val_fraction,
                         split_seed=args.split_seed, max_bad_fraction=args.max_bad_fraction,
-                        limit_per_class=args.limit_per_class)
+                        limit_per_class=args.limit_per_class, log=say)
     if args.json:
         import json
 
         print(json.dumps(index, indent=2, default=str))
-    say = _args.status(args)
     train = index["train"]
     say(f"{args.out}: {train['samples']:,} training samples in {len(train['shards'])} shard(s), "
         f"{len(index['classes'])} classes; train with --data '{args.out}/{train['pattern']}'")

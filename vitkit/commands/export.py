@@ -93,6 +93,10 @@ def run(args) -> int:
     for check in result["checks"]:  # all within TOLERANCE: export_onnx writes nothing otherwise
         say(f"  onnxruntime vs PyTorch at {tuple(check['shape'])}: relative error {check['rel_err']:.1e}, "
             f"max |diff| {check['max_abs_diff']:.1e}")
+    if "int8_check" in result:
+        check = result["int8_check"]
+        say(f"  int8 file vs PyTorch float32 on {check['images']}: relative error {check['rel_err']:.1e}, top-1 "
+            f"agreement {100 * check['top1_agreement']:.0f}%")
     return 0
 
 
@@ -102,7 +106,7 @@ def _export_int8(model, output, args, dynamic: dict) -> dict:
     import tempfile
     from pathlib import Path
 
-    from ..export import check_onnx, check_shapes, export_onnx
+    from ..export import export_onnx
     from ..quantize import calibration_batches, quantize_onnx_dynamic, quantize_onnx_static
 
     calibration = None
@@ -130,10 +134,9 @@ def _export_int8(model, output, args, dynamic: dict) -> dict:
         with torch.no_grad(), plain_path():
             want = model.float()(images)
         got = exported(images)
-        agree = float((got.argmax(1) == want.argmax(1)).float().mean())
-        print(f"  int8 file vs PyTorch float32 on {len(images)} {'calibration' if calibration else 'random'} "
-              f"images: relative error {float((got - want).norm() / want.norm()):.1e}, top-1 agreement "
-              f"{100 * agree:.0f}%")
+        result["int8_check"] = {"images": f"{len(images)} {'calibration' if calibration else 'random'} images",
+                                "rel_err": float((got - want).norm() / want.norm()),
+                                "top1_agreement": float((got.argmax(1) == want.argmax(1)).float().mean())}
     return result
 
 

@@ -432,7 +432,12 @@ def decode_sample(sample: dict) -> tuple[Image.Image, int]:
         label = int(sample["cls"].decode().strip())
     except (UnicodeDecodeError, ValueError):
         raise ValueError(f".cls is not an integer: {sample['cls'][:20]!r}") from None
-    return read_image(io.BytesIO(sample[image_key])), label
+    try:
+        return read_image(io.BytesIO(sample[image_key])), label
+    except Exception as e:  # OSError, ValueError, DecompressionBombError, ... as read_image raises them
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", f"the .{image_key} entry", text)
+        raise ValueError(f"not a readable image ({type(e).__name__}: {text})") from None
 
 
 def sample_name(sample: dict) -> str:

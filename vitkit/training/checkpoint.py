@@ -227,6 +227,10 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     if (path / WEIGHTS).is_file():
         return path / WEIGHTS
     steps = list_checkpoints(path)
+    folder = steps[-1][1] if steps else path
+    if (folder / ".metadata").is_file():  # torch.distributed.checkpoint: the weights are spread over .distcp files
+        raise CheckpointError(folder, f"a sharded (--parallel fsdp) checkpoint without {WEIGHTS}; continue the run "
+                              f"with vitkit train --resume to its end, which writes the whole model as {WEIGHTS}")
     if steps:
         return steps[-1][1] / WEIGHTS
     raise CheckpointError(path, f"a folder without {WEIGHTS} or checkpoints/step_* (expected a run folder, a "

@@ -194,7 +194,7 @@ class TrainConfig:
     fsdp_param_dtype: str = _f("fp32", "fsdp: dtype the gathered parameters compute in (bf16: mixed precision; "
                                "master weights, gradient reduction and optimizer stay fp32)")
     checkpoint_blocks: bool = _f(False, "activation checkpointing: each encoder block recomputes its activations "
-                                 "in the backward pass (less memory, about a third more compute)")
+                                 "in the backward pass (less memory, for one more forward pass per block)")
     shard_streams: int = _f(8, "data given as tar shards: lanes the stream is cut into (fixed by the config, not "
                             "the world size; a multiple of processes x loader workers reads no shard twice)",
                             range=AT_LEAST_ONE)
