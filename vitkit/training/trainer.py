@@ -8,9 +8,10 @@ the loop calls, each in its own module: `TrainStep` (step.py), `Evaluator` (eval
 (checkpointer.py) and `MetricsLogger` (metrics_log.py); `_Run.run` is the loop itself, in one screen.
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
-step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
-torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines); Mixup/CutMix of (seed, step,
+micro-batch), pairing images by their position in the global micro-batch (`mixing`); the masks of stochastic
+depth and patch dropout are this rank's rows of the global micro-batch's (`VisionTransformer.share_masks`). So N
+processes under torchrun compute the steps of one process, to float rounding. Not so dropout and attention
 dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
 than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
 the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
@@ -453,6 +454,9 @@ class _Run:
         sampler = StepBatchSampler(len(self.train_set), c.batch_size, c.accum_steps, info.world_size, info.rank,
                                    c.seed, self.start_step, self.end_step, repeats=c.repeated_augmentation)
         if self.shard_data is not None:  # streamed from tar shards, from position start_step x batch_size
+            if c.repeated_augmentation > 1:
+                raise UsageError(f"--data {c.data}: tar shards stream each image once; repeated_augmentation="
+                                 f"{c.repeated_augmentation} needs an image folder or CIFAR pickles")
             transform = train_transform(model.preprocessing, **augment)
             self.make_batches = lambda: iter(self.shard_data.train_batches(transform, self.start_step, workers, pin))
         elif c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time
