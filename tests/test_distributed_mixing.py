@@ -11,6 +11,9 @@ import subprocess
 
 import pytest
 
+import torch
+
+import vitkit
 from vitkit.training.trainer import train
 
 from test_distributed import records, torchrun
@@ -36,10 +39,27 @@ def run_both(tmp_path, name: str, settings: dict) -> tuple[list[float], list[flo
     return ([r["loss"] for r in records(single.run_dir, "train")], [r["loss"] for r in records(ddp_run, "train")])
 
 
-def test_pil_pipeline_with_mixing_and_randaugment(tmp_path):
+def test_stochastic_depth_and_patch_dropout_masks_do_not_depend_on_the_split():
+    model = vitkit.create_model("ViT-Ti/4", image_size=16, width=32, depth=3, num_heads=2, mlp_dim=64,
+                                drop_path=0.5, patch_dropout=0.25, num_classes=5).train()
+    torch.nn.init.normal_(model.head.weight)  # (a zero head would hide every difference)
+    images = torch.randn(6, 3, 16, 16)
+    model.share_masks((7, 0, 6))
+    whole = model(images)
+    parts = []
+    for offset in (0, 2, 4):  # three "ranks" of two images each
+        model.share_masks((7, offset, 6))
+        parts.append(model(images[offset:offset + 2]))
+    assert torch.equal(torch.cat(parts), whole)
+    model.share_masks((8, 0, 6))
+    assert not torch.equal(model(images), whole)  # another step: other masks
+
+
+def test_pil_pipeline_with_mixing_randaugment_stochastic_depth_and_patch_dropout(tmp_path):
     # shards of 2 images: each rank holds its own Mixup/CutMix pairs
     single, ddp = run_both(tmp_path, "pil", dict(**COMMON, **MIXING, batch_size=8, accum_steps=2,
-                                                 randaugment_ops=2, pipeline="pil"))
+                                                 randaugment_ops=2, pipeline="pil", drop_path=0.3,
+                                                 patch_dropout=0.25))
     assert len(single) == 4 and ddp == pytest.approx(single, rel=1e-5, abs=1e-6)
 
 

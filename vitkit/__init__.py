@@ -5,8 +5,13 @@
     model = vitkit.load("ViT-B_16.npz", num_classes=10, resample_to=384)   # the paper's fine-tuning set-up
     model = vitkit.load("vit-b16-in21k-ft-in1k-384")                      # a published checkpoint, by name
     vitkit.save(model, "model.safetensors")
+
+    result = vitkit.train()                                   # the main job: a small ViT on the built-in digits
+    vitkit.predict(result.run_dir, "digit.png", top_k=3)     # [[("7", 0.98), ("1", 0.01), ("9", 0.004)]]
+    vitkit.evaluate(result.run_dir)["top1"]                   # the run's own test split, scored again
 """
 
+from .api import evaluate, finetune, predict, train
 from .checkpoints import load, read_checkpoint, save
 from .configs import Preprocessing, ResNetConfig, ViTConfig, list_models, variant_config
 from .errors import CheckpointError, GuessWarning
@@ -17,6 +22,10 @@ from .models.posemb import resample_pos_embed
 __version__ = "0.1.0"
 
 __all__ = [
+    "train",
+    "finetune",
+    "evaluate",
+    "predict",
     "create_model",
     "list_models",
     "list_pretrained",

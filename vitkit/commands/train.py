@@ -47,54 +47,13 @@ def register(sub) -> None:
     p.set_defaults(func=run, default_recipe="digits", finetune=False)
 
 
-def resolve(args):
-    """(config, resume) from the command line: a recipe (or the resumed run's config) plus the overrides."""
-    from ..errors import UsageError
-    from ..training.config import apply_overrides, load_recipe, main_job, overrides_from_args, smoke
-    from ..training.trainer import load_run_config
+def resolve(args, log=print):
+    """The api's Resolved (config, the source of each value, resume) from the command line."""
+    from ..api import resolve_training
+    from ..training.config import overrides_from_args
 
-    overrides = overrides_from_args(args)
-    resume = args.resume or False
-    if resume:
-        if args.recipe:
-            raise UsageError("--resume continues a run with its own config; drop --recipe")
-        if resume is True:
-            if "name" not in overrides:
-                raise UsageError("--resume without a folder needs --name (or pass the run folder: --resume runs/NAME)")
-            resume = str(Path(overrides.get("out_dir", "runs")) / overrides["name"])
-        if not Path(resume).exists():
-            raise UsageError(f"--resume {resume}: no such run or checkpoint folder")
-        check_resume_folder(Path(resume))
-        overrides.pop("name", None)
-        overrides.pop("out_dir", None)
-        config = apply_overrides(load_run_config(resume), overrides).validate()
-    elif args.recipe:
-        config = load_recipe(args.recipe, overrides)
-    elif args.default_recipe == "digits":
-        config = main_job(overrides)
-    else:
-        config = load_recipe(args.default_recipe, overrides)
-    if "model" in overrides and not resume and not config.init_from:
-        # a variant named on the command line brings its own shape (and its own resolution unless --image-size)
-        from ..training.config import ARCHITECTURE_FIELDS
-
-        config = config.replace(**{k: None for k in (*ARCHITECTURE_FIELDS, "image_size") if k not in overrides})
-    if config.init_from and not resume:
-        # The architecture comes from the checkpoint, not from the recipe; so does the resolution, except in a
-        # fine-tuning recipe (reset_head), where it is the fine-tuning resolution.
-        from ..training.config import ARCHITECTURE_FIELDS
-
-        cleared = [k for k in ARCHITECTURE_FIELDS if k not in overrides]
-        if not (config.reset_head or args.finetune) and "image_size" not in overrides:
-            cleared.append("image_size")
-        config = config.replace(**{k: None for k in cleared})
-    if args.finetune:
-        config = config.replace(reset_head=True)
-        if not config.init_from:
-            raise UsageError("vitkit finetune needs --from NAME|CHECKPOINT (also spelt --init-from)")
-    if args.smoke:
-        config = smoke(config)
-    return config, resume
+    return resolve_training(args.recipe, overrides_from_args(args), finetune=args.finetune,
+                            resume=args.resume or False, smoke=args.smoke, log=log)
 
 
 def check_resume_folder(path: Path) -> None:
@@ -112,18 +71,22 @@ def run(args) -> int:
         for name in list_recipes():
             print(name)
         return 0
-    config, resume = resolve(args)
+    quiet = getattr(args, "quiet", False)
+    resolved = resolve(args, log=(lambda message: None) if quiet or args.print_config else print)
+    config = resolved.config
     if args.print_config:
         print(config.to_json())
         return 0
     from ..training.trainer import TrainingError, TrainingInterrupted, train
 
     log = None
-    if args.quiet:
+    if quiet:
         config = config.replace(progress=False)
         log = lambda message: None  # noqa: E731
+    else:
+        print(resolved.describe())
     try:
-        train(config, resume=resume, log=log)
+        train(config, resume=resolved.resume, log=log, provenance=resolved.to_json())
     except TrainingError as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 1

@@ -96,18 +96,40 @@ class Mlp(nn.Module):
         return self.drop2(linear(self.drop1(x), self.fc2))
 
 
+def shared_uniforms(shared: tuple[int, int, int], key: tuple[int, ...], rows: int, *shape: int,
+                    device=None) -> torch.Tensor:
+    """Uniforms for `rows` samples at rows offset .. offset + rows of a global batch of `total`, where `shared` =
+    (seed, offset, total): every process draws the global batch's numbers from a generator seeded by (seed, key)
+    and keeps its rows, so the masks do not depend on how the batch is split over processes. Seeding by the key
+    (not advancing a generator) also gives the same numbers when activation checkpointing recomputes a block."""
+    seed, offset, total = shared
+    generator = torch.Generator(device=device)
+    generator.manual_seed(hash((seed, *key)) & ((1 << 63) - 1))  # hash of ints: the same in every process
+    return torch.rand((total, *shape), generator=generator, device=device)[offset:offset + rows]
+
+
 class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch for whole samples, scaling the kept ones by 1 / keep."""
+    """Stochastic depth: drop a residual branch for whole samples, scaling the kept ones by 1 / keep.
+
+    The masks come from torch's generator, or, with `shared` = (seed, offset, total) set (by
+    `VisionTransformer.share_masks`), from `shared_uniforms` keyed by this module's `index` and the branch."""
 
     def __init__(self, rate: float = 0.0):
         super().__init__()
         self.rate = rate
+        self.index = 0
+        self.shared: tuple[int, int, int] | None = None
 
-    def forward(self, x):
+    def forward(self, x, branch: int = 0):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        if self.shared is not None:
+            uniforms = shared_uniforms(self.shared, (self.index, branch), x.shape[0], device=x.device)
+            mask = (uniforms < keep).to(x.dtype).view(shape)
+        else:
+            mask = x.new_empty(shape).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self):
@@ -142,14 +164,14 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))), branch=0)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))), branch=1)
 
     def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The block's output for the first `n` tokens only, (B, n, D): what `forward(x)[:, :n]` computes, without
         the attention output, MLP and norm of the other tokens (which attend to nothing further)."""
-        x = x[:, :n] + self.drop_path(self.ls1(self.attn(self.norm1(x), num_queries=n)))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x[:, :n] + self.drop_path(self.ls1(self.attn(self.norm1(x), num_queries=n)), branch=0)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))), branch=1)
 
 
 class AttentionPool(nn.Module):
@@ -215,6 +237,9 @@ class VisionTransformer(nn.Module):
 
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth, linear in depth
         self.blocks = nn.Sequential(*[Block(c, rate) for rate in rates])
+        for i, block in enumerate(self.blocks):
+            block.drop_path.index = i
+        self.shared_masks: tuple[int, int, int] | None = None  # see share_masks
         self.norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)  # before pooling, or after it (norm_after_pool)
         self.attn_pool = AttentionPool(c) if c.pool == "map" else None
 
@@ -330,7 +355,11 @@ class VisionTransformer(nn.Module):
         keep = max(1, int(round(n * (1.0 - self.config.patch_dropout))))
         if keep >= n:
             return x
-        order = torch.rand(x.shape[0], n, device=x.device).argsort(dim=1)[:, :keep]
+        if self.shared_masks is not None:
+            uniforms = shared_uniforms(self.shared_masks, (-1,), x.shape[0], n, device=x.device)
+        else:
+            uniforms = torch.rand(x.shape[0], n, device=x.device)
+        order = uniforms.argsort(dim=1)[:, :keep]
         patches = x[:, prefix:].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches
 
@@ -423,6 +452,14 @@ class VisionTransformer(nn.Module):
             self.pos_embed_fixed = sincos_2d(new_grid, c.width, dtype=buf.dtype).to(buf.device)[None]
         self.config = new_config
         self.preprocessing.image_size = new_config.image_size
+
+    def share_masks(self, shared: tuple[int, int, int] | None) -> None:
+        """Training under several processes: draw the stochastic-depth and patch-dropout masks of this batch as
+        rows offset .. offset + B of a global batch of `total`, from `seed`: `shared` = (seed, offset, total);
+        None: from torch's generator. (Dropout's masks always come from torch's generator.)"""
+        self.shared_masks = shared
+        for block in self.blocks:
+            block.drop_path.shared = shared
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the paper's recipes exempt from weight decay, besides biases and norms."""

@@ -2,8 +2,10 @@
 the EMA; and the running sums since the last training record, kept on the device so that no step waits for a sync.
 
 The random state of a step is seeded from (seed, step): Mixup/CutMix from (seed, step, micro-batch), pairing images
-by their position in the global micro-batch, dropout and stochastic depth from (seed, step, rank); so a resumed run
-draws exactly what the uninterrupted one drew.
+by their position in the global micro-batch; the masks of stochastic depth and patch dropout from (seed, step,
+micro-batch, layer), as this rank's rows of the global micro-batch's (`VisionTransformer.share_masks`); dropout
+from (seed, step, rank). So a resumed run draws exactly what the uninterrupted one drew, and N processes what one
+process draws, but for dropout.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class TrainStep:
         self.lr, self.image_size = plan.lr, plan.image_size
         for group in self.optimizer.param_groups:
             group["lr"] = plan.lr
-        torch.manual_seed(mix_seed(s.seed, step, self.info.rank, 0xD209))  # dropout, stochastic depth
+        torch.manual_seed(mix_seed(s.seed, step, self.info.rank, 0xD209))  # dropout
         step_loss = torch.zeros((), device=device)
         for micro in range(s.accum_steps):
             images, labels = next(self.batches)
@@ -95,6 +97,9 @@ class TrainStep:
                                         world_size=self.info.world_size, mixup_alpha=s.mixup_alpha,
                                         cutmix_alpha=s.cutmix_alpha, prob=s.mix_prob, smoothing=s.label_smoothing,
                                         seed=mix_seed(s.seed, step, micro, 0x313))
+            shard = images.shape[0]  # stochastic depth, patch dropout: this rank's rows of the global masks
+            self.model.share_masks((mix_seed(s.seed, step, micro, 0xD20F), self.info.rank * shard,
+                                    shard * self.info.world_size))
             with gradient_sync(self.synced_model, micro == s.accum_steps - 1):
                 with autocast(device, s.precision):
                     logits = self.train_model(images)

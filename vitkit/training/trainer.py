@@ -8,9 +8,10 @@ the loop calls, each in its own module: `TrainStep` (step.py), `Evaluator` (eval
 (checkpointer.py) and `MetricsLogger` (metrics_log.py); `_Run.run` is the loop itself, in one screen.
 
 Reproducibility is built in rather than bolted on: the data order and every image's augmentation are functions
-of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines), and Mixup/CutMix of (seed,
-step, micro-batch), pairing images by their position in the global micro-batch (`mixing`); so N processes under
-torchrun compute the steps of one process, to float rounding. Not so dropout, stochastic depth and patch
+of (seed, epoch, position in the epoch) (see `vitkit.data.loader`, both pipelines); Mixup/CutMix of (seed, step,
+micro-batch), pairing images by their position in the global micro-batch (`mixing`); the masks of stochastic
+depth and patch dropout are this rank's rows of the global micro-batch's (`VisionTransformer.share_masks`). So N
+processes under torchrun compute the steps of one process, to float rounding. Not so dropout and attention
 dropout: their masks come from torch's generator seeded by (seed, step, rank), so N processes draw other masks
 than one process does (of the same distribution). A checkpoint therefore needs only the weights, the optimizer,
 the grad scaler, the EMA and the step to continue exactly where the uninterrupted run would have been; the global
@@ -92,16 +93,18 @@ def _format_seconds(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, provenance: str | None = None) -> TrainResult:
     """Train as `config` says; `resume=True` continues the run out_dir/name from its newest readable checkpoint,
     `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this. The run folder is
     locked for the call's life: a second writer gets a UsageError naming this process. Ctrl-C saves a checkpoint
-    and raises `TrainingInterrupted`, whose message is the command that continues the run."""
+    and raises `TrainingInterrupted`, whose message is the command that continues the run. `provenance` (the
+    source of each value, from `vitkit.api.resolve_training`) is saved as RUN/provenance.json."""
     config.validate()
     parse_loggers(config.log)
     info = distributed.setup(config.device)
     created_group = info.enabled
     run = _Run(config, info, resume, log)
+    run.provenance = provenance
     try:
         with deterministic_mode(config.deterministic, config.threads):
             return run.run()
@@ -141,6 +144,7 @@ class _Run:
         self.restart = False  # --resume of a run that had written no checkpoint
         self.lock = RunLock(Path(config.out_dir) / (config.name or "unnamed"))
         self.out_of_time = self.interrupted = False
+        self.provenance: str | None = None
 
     def say(self, message: str) -> None:
         if not self.main:
@@ -416,6 +420,8 @@ class _Run:
                 self.lock = self.lock if self.lock.fd is not None else RunLock(run_dir).acquire()
                 self.check_fresh(run_dir)  # again, under the lock: another process may have started it meanwhile
             atomic_write_text(run_dir / CONFIG, self.resolved.to_json() + "\n")
+            if self.provenance is not None:
+                atomic_write_text(run_dir / run_folder.PROVENANCE, self.provenance)
             atomic_write_text(run_dir / RUN_INFO, json.dumps({
                 "classes": self.classes, "data": self.splits.description, "train_images": len(self.train_set),
                 "val_images": len(self.val_set) if self.val_set is not None else 0,
@@ -448,6 +454,9 @@ class _Run:
         sampler = StepBatchSampler(len(self.train_set), c.batch_size, c.accum_steps, info.world_size, info.rank,
                                    c.seed, self.start_step, self.end_step, repeats=c.repeated_augmentation)
         if self.shard_data is not None:  # streamed from tar shards, from position start_step x batch_size
+            if c.repeated_augmentation > 1:
+                raise UsageError(f"--data {c.data}: tar shards stream each image once; repeated_augmentation="
+                                 f"{c.repeated_augmentation} needs an image folder or CIFAR pickles")
             transform = train_transform(model.preprocessing, **augment)
             self.make_batches = lambda: iter(self.shard_data.train_batches(transform, self.start_step, workers, pin))
         elif c.pipeline == "tensor":  # decoded once into one uint8 tensor, augmented a batch at a time

@@ -1,0 +1,274 @@
+"""The Python API for training and using a model: `vitkit.train`, `vitkit.finetune`, `vitkit.evaluate`,
+`vitkit.predict`. The command line (`vitkit train`, `finetune`, ...) calls these, so every rule (which recipe, where
+each value comes from, what a resumed or fine-tuned run may change) lives here once.
+
+    import vitkit
+    result = vitkit.train()                                     # the main job: digits, about a minute on 2 cores
+    result = vitkit.train("cifar10", data="/data/cifar10", steps=2000)
+    result = vitkit.finetune("runs/NAME", "/data/flowers", image_size=224, steps=500)
+    metrics = vitkit.evaluate("runs/NAME")                      # {"top1": ..., "top5": ..., "per_class": ...}
+    vitkit.predict("runs/NAME", ["cat.jpg", "dog.jpg"], top_k=3)   # [[("cat", 0.91), ...], ...]
+
+Recipe resolution: a value comes from, in rising order, TrainConfig's defaults; the fine-tuning recipe (finetune
+only, beneath a recipe file of the user's); the recipe (`recipe=` / `--recipe`), or without one the main job on the
+built-in digits, or `recipes/default.toml` for data of the user's; then the settings (keywords / flags). The
+effective configuration and the source of each value are printed at start and saved as RUN/provenance.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import UsageError
+
+MAIN_JOB = "digits"  # vitkit train with neither --recipe nor --data
+DEFAULT_RECIPE = "default"  # vitkit train --data DIR without --recipe: a general recipe for a folder of images
+FINETUNE_RECIPE = "finetune"  # beneath the user's recipe in vitkit finetune
+
+
+@dataclass
+class Resolved:
+    """A training configuration and where each of its values came from."""
+    config: Any  # TrainConfig
+    sources: dict[str, str] = field(default_factory=dict)  # field -> "default", "recipe NAME", "setting", ...
+    resume: bool | str = False
+    recipe: str | None = None  # the recipe's name or file, None when resuming
+
+    def describe(self) -> str:
+        """The effective values that are not TrainConfig's defaults, each with its source, one per line."""
+        values = self.config.to_dict()
+        lines = [f"  {key} = {json.dumps(values[key])}  ({source})" for key, source in self.sources.items()
+                 if source != "default"]
+        head = (f"configuration (recipe {self.recipe}; values not listed are TrainConfig's defaults):"
+                if self.recipe else "configuration (values not listed are TrainConfig's defaults):")
+        return "\n".join([head, *lines])
+
+    def to_json(self) -> str:
+        values = self.config.to_dict()
+        return json.dumps({"recipe": self.recipe, "values": {k: {"value": values[k], "source": s}
+                                                             for k, s in self.sources.items()}}, indent=1) + "\n"
+
+
+def _recipe_values(name_or_path: str) -> tuple[dict[str, Any], str]:
+    from .training.config import find_recipe, read_recipe_file
+
+    path = find_recipe(name_or_path)
+    return read_recipe_file(path), (path.stem if path.parent.resolve() == _recipes_dir() else str(path))
+
+
+def _recipes_dir() -> Path:
+    from .training.config import RECIPES_DIR
+
+    return RECIPES_DIR.resolve()
+
+
+def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str, Any] | None = None, *,
+                     finetune: bool = False, resume: bool | str | os.PathLike = False, smoke: bool = False,
+                     log: Callable[[str], None] | None = print) -> Resolved:
+    """The configuration of a training run, every value with its source; `log` receives the announcements (which
+    recipe was chosen when none was named). One-line UsageErrors for what cannot be honoured."""
+    from .training.config import ARCHITECTURE_FIELDS, FIELDS, TrainConfig, apply_overrides, main_job
+    from .training.config import smoke as shrink
+    from .training.trainer import load_run_config
+
+    settings = {k.replace("-", "_"): v for k, v in (settings or {}).items() if v is not None}
+    unknown = sorted(set(settings) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; see TrainConfig or vitkit train --help")
+    say = log or (lambda message: None)
+    sources = {name: "default" for name in FIELDS}
+    if resume:
+        from .training import run_folder
+
+        if recipe is not None:
+            raise UsageError("--resume continues a run with its own config; drop --recipe")
+        if resume is True:
+            if "name" not in settings:
+                raise UsageError("--resume without a folder needs --name (or pass the run folder: --resume runs/NAME)")
+            resume = str(Path(settings.get("out_dir", "runs")) / settings["name"])
+        run_dir, _ = run_folder.resolve_resume(resume)
+        settings.pop("name", None)
+        settings.pop("out_dir", None)
+        base = load_run_config(run_dir)
+        previous = run_dir / run_folder.PROVENANCE
+        if previous.is_file():
+            stored = json.loads(previous.read_text(encoding="utf-8")).get("values", {})
+            sources.update({k: v["source"] for k, v in stored.items() if k in sources})
+        sources.update({k: f"the run's {run_folder.CONFIG}" for k in FIELDS if sources[k] == "default"})
+        config = apply_overrides(base, settings)
+        sources.update({k: "setting" for k in settings})
+        return Resolved(config.validate(), sources, str(resume), None)
+
+    layers: list[tuple[dict[str, Any], str]] = []
+    if finetune:
+        values, name = _recipe_values(FINETUNE_RECIPE)
+        layers.append((values, f"recipe {name}"))
+    if recipe is not None:
+        values, name = _recipe_values(str(recipe))
+        if "data" not in values and "data" not in settings:
+            raise UsageError(f"recipe {name} declares no data; pass --data DIR (data=DIR in Python)")
+        chosen = name
+    elif finetune:
+        values, chosen = {}, FINETUNE_RECIPE
+    elif settings.get("data", MAIN_JOB) == MAIN_JOB:
+        try:
+            values, chosen = _recipe_values(MAIN_JOB)
+        except UsageError:  # the recipes/ folder is not installed: the built-in copy of digits.toml
+            values, chosen = {k: v for k, v in main_job().to_dict().items()
+                              if v != getattr(TrainConfig(), k) and k != "recipe"}, MAIN_JOB
+        say(f"no recipe given: the main job, recipe {chosen} (a small ViT on the built-in digits)")
+    else:
+        values, chosen = _recipe_values(DEFAULT_RECIPE)
+        say(f"no recipe given: recipe {chosen}, the general recipe for a folder of images (recipes/"
+            f"{DEFAULT_RECIPE}.toml; name another with --recipe)")
+    if recipe is not None or not finetune:
+        layers.append((values, f"recipe {chosen}"))
+    config = TrainConfig()
+    for values, source in layers:
+        config = apply_overrides(config, values)
+        sources.update({k: source for k in values})
+    config = apply_overrides(config, {"recipe": chosen, **settings})
+    sources["recipe"] = "chosen recipe"
+    sources.update({k: "setting" for k in settings})
+    if "model" in settings and not config.init_from:
+        # a variant named in the settings brings its own shape (and its own resolution unless image_size is set)
+        cleared = [k for k in (*ARCHITECTURE_FIELDS, "image_size") if k not in settings]
+        config = config.replace(**{k: None for k in cleared})
+        sources.update({k: f"the variant {settings['model']}" for k in cleared})
+    if config.init_from:
+        # the architecture comes from the checkpoint; so does the resolution, except when fine-tuning
+        cleared = [k for k in ARCHITECTURE_FIELDS if k not in settings]
+        if not (config.reset_head or finetune) and "image_size" not in settings:
+            cleared.append("image_size")
+        config = config.replace(**{k: None for k in cleared})
+        sources.update({k: f"the checkpoint {config.init_from}" for k in cleared})
+    if finetune:
+        config = config.replace(reset_head=True)
+        sources["reset_head"] = "fine-tuning"
+        if not config.init_from:
+            raise UsageError("vitkit finetune needs --from NAME|CHECKPOINT (also spelt --init-from)")
+    if smoke:
+        before = config.to_dict()
+        shrunk = shrink(config)
+        # what the user set explicitly wins over the shrink (--smoke --batch-size 4 trains at 4)
+        config = shrunk.replace(**{k: before[k] for k in settings if k in before and before[k] != getattr(shrunk, k)})
+        sources.update({k: "smoke" for k, v in config.to_dict().items() if before[k] != v})
+    return Resolved(config.validate(), sources, False, chosen)  # (settings a pipeline cannot honour: refused)
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(recipe: str | os.PathLike | None = None, *, resume: bool | str | os.PathLike = False, smoke: bool = False,
+          log: Callable[[str], None] | None = None, **settings):
+    """Train a ViT and return a `TrainResult` (`.run_dir`, `.final.top1`, `.model`, ...).
+
+    recipe: a name in recipes/ or a .toml/.json file; None: the main job (digits) when `data` is not given, else
+    recipes/default.toml. settings: any TrainConfig field (`data=`, `steps=`, `lr=`, `name=`, ...), over the recipe.
+    resume: continue a run (its folder, or True with `name=`); settings then override its config. `log` receives
+    every status line (default: printed). Ctrl-C saves a checkpoint and raises `TrainingInterrupted`.
+    """
+    from .training.trainer import train as run_training
+
+    say = log or print
+    resolved = resolve_training(recipe, settings, resume=resume, smoke=smoke, log=say)
+    say(resolved.describe())
+    return run_training(resolved.config, resume=resolved.resume, log=log, provenance=resolved.to_json())
+
+
+def finetune(model_or_name: str | os.PathLike, data: str | os.PathLike, *, recipe: str | os.PathLike | None = None,
+             smoke: bool = False, log: Callable[[str], None] | None = None, **settings):
+    """Fine-tune a checkpoint (a run folder, a file vitkit reads, or a pre-trained name from
+    `vitkit.list_pretrained()`) on `data`, the paper's way: a new zero-initialised head for the data's classes, the
+    position embeddings resampled to `image_size`, the fine-tuning recipe (recipes/finetune.toml) beneath
+    `recipe`'s values and the settings. Returns a `TrainResult`."""
+    from .training.trainer import train as run_training
+
+    say = log or print
+    resolved = resolve_training(recipe, {**settings, "init_from": str(model_or_name), "data": str(data)},
+                                finetune=True, smoke=smoke, log=say)
+    say(resolved.describe())
+    return run_training(resolved.config, log=log, provenance=resolved.to_json())
+
+
+# ------------------------------------------------------------------------------------------- use a model
+def _model(model_or_path, num_heads=None, pool=None):
+    from .checkpoints import load
+    from .hub.resolve import model_source
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load(model_source(str(model_or_path)), num_heads=num_heads, pool=pool), str(model_or_path)
+    if hasattr(model_or_path, "model") and hasattr(model_or_path, "run_dir"):  # a TrainResult
+        return model_or_path.model, str(model_or_path.run_dir)
+    return model_or_path, None
+
+
+def evaluate(model_or_path, data: str | os.PathLike | None = None, *, split: str = "auto",
+             limit_per_class: int | None = None, batch_size: int = 64, device: str = "auto",
+             precision: str = "fp32", num_workers: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a model on a data set, as a dict.
+
+    model_or_path: a VisionTransformer, a TrainResult, a run folder, a checkpoint file, or a pre-trained name. For a
+    run, `data` defaults to the run's, and split "auto" is the run's own evaluation split exactly as it was held
+    out (holdout.json); "all" is every image, "holdout" a fresh hold-out of other data.
+    """
+    import numpy as np
+
+    from .eval.evaluate import eval_batches, evaluate as count, match_classes, restrict_confusion
+    from .training.distributed import pick_device
+    from .training.holdout import open_eval_set
+    from .training.run_folder import run_dir_of
+    from .training.trainer import load_run_config
+
+    model, where = _model(model_or_path)
+    run_dir = run_dir_of(where) if where is not None and Path(where).exists() else None
+    run_config = load_run_config(run_dir) if run_dir is not None else None
+    chosen = open_eval_set(None if data is None else str(data), run_dir=run_dir, run_config=run_config, split=split,
+                           limit_per_class=limit_per_class, log=lambda message: None, progress=progress)
+    splits = chosen.splits
+    if splits.val is None or len(splits.val) == 0:
+        raise UsageError(f"--data {chosen.data}: no images to evaluate")
+    label_map = match_classes(model.class_names, model.num_classes, splits.classes, where=f"data {chosen.data}")
+    device = pick_device(device)
+    model.to(device)
+    batches = eval_batches(model, splits.val, batch_size, num_workers, label_map=label_map)
+    result = count(model, batches, model.num_classes, device, precision, progress=progress,
+                   desc=f"eval {splits.val_name}", total=len(batches)).result()
+    confusion, has_other = restrict_confusion(result.confusion, label_map)
+    totals = confusion.sum(axis=1)
+    hits = np.diag(confusion[:, :len(label_map)])
+    names = list(splits.classes)
+    report = {"data": chosen.data, "split": splits.val_name, "images": result.count, "top1": result.top1,
+              "top5": result.top5, "loss": result.loss,
+              "per_class": {n: (float(h / t) if t else None) for n, h, t in zip(names, hits, totals)},
+              "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()}}
+    if chosen.note:
+        report["note"] = chosen.note
+    return report
+
+
+def predict(model_or_path, images, top_k: int = 5, *, batch_size: int = 32,
+            device: str = "auto") -> list[list[tuple[str, float]]]:
+    """The top-k (class name, probability) of each image, best first, as one list per image.
+
+    images: a path, a PIL image, or a list of them. The class names and the preprocessing come from the model
+    (class indices as names where it has none)."""
+    from PIL import Image
+
+    from .data import eval_transform, read_image
+    from .eval.evaluate import classify
+    from .training.distributed import pick_device
+
+    model, _ = _model(model_or_path)
+    if model.num_classes == 0:
+        raise UsageError("the model has no classifier head")
+    single = isinstance(images, (str, os.PathLike, Image.Image))
+    items: Sequence = [images] if single else list(images)
+    loaded = [item.convert("RGB") if isinstance(item, Image.Image) else read_image(item) for item in items]
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    device = pick_device(device)
+    model.to(device)
+    tops = classify(model, loaded, eval_transform(model.preprocessing), top_k, batch_size, device)
+    return [[(names[i], p) for i, p in top] for top in tops]
