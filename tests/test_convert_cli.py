@@ -181,7 +181,7 @@ def test_export_pt2_by_suffix_and_force(tmp_path, capsys):
     (tmp_path / "m.pt2").write_bytes(b"old")
     assert main(["export", tmp_path / "m.safetensors", "--format", "pt2"]) == 2  # the default name is taken
     assert main(["export", tmp_path / "m.safetensors", "--format", "pt2", "--static-size", "--force"]) == 0
-    assert "(pt2)" in capsys.readouterr().out
+    assert "(pt2, fp32)" in capsys.readouterr().out
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -172,10 +172,10 @@ def train(recipe: str | os.PathLike | None = None, *, resume: bool | str | os.Pa
     """
     from .training.trainer import train as run_training
 
-    say = log or print
-    resolved = resolve_training(recipe, settings, resume=resume, smoke=smoke, log=say)
-    say(resolved.describe())
-    return run_training(resolved.config, resume=resolved.resume, log=log, provenance=resolved.to_json())
+    notes: list[str] = []  # printed with the configuration once the run folder is ours (a refusal is one line)
+    resolved = resolve_training(recipe, settings, resume=resume, smoke=smoke, log=notes.append)
+    return run_training(resolved.config, resume=resolved.resume, log=log, provenance=resolved.to_json(),
+                        announce="\n".join([*notes, resolved.describe()]))
 
 
 def finetune(model_or_name: str | os.PathLike, data: str | os.PathLike, *, recipe: str | os.PathLike | None = None,
@@ -186,11 +186,11 @@ def finetune(model_or_name: str | os.PathLike, data: str | os.PathLike, *, recip
     `recipe`'s values and the settings. Returns a `TrainResult`."""
     from .training.trainer import train as run_training
 
-    say = log or print
+    notes: list[str] = []
     resolved = resolve_training(recipe, {**settings, "init_from": str(model_or_name), "data": str(data)},
-                                finetune=True, smoke=smoke, log=say)
-    say(resolved.describe())
-    return run_training(resolved.config, log=log, provenance=resolved.to_json())
+                                finetune=True, smoke=smoke, log=notes.append)
+    return run_training(resolved.config, log=log, provenance=resolved.to_json(),
+                        announce="\n".join([*notes, resolved.describe()]))
 
 
 # ------------------------------------------------------------------------------------------- use a model

@@ -72,7 +72,8 @@ def run(args) -> int:
             print(name)
         return 0
     quiet = getattr(args, "quiet", False)
-    resolved = resolve(args, log=(lambda message: None) if quiet or args.print_config else print)
+    notes: list[str] = []  # printed with the configuration once the run folder is ours (a refusal is one line)
+    resolved = resolve(args, log=notes.append)
     config = resolved.config
     if args.print_config:
         print(config.to_json())
@@ -83,10 +84,9 @@ def run(args) -> int:
     if quiet:
         config = config.replace(progress=False)
         log = lambda message: None  # noqa: E731
-    else:
-        print(resolved.describe())
     try:
-        train(config, resume=resolved.resume, log=log, provenance=resolved.to_json())
+        train(config, resume=resolved.resume, log=log, provenance=resolved.to_json(),
+              announce="\n".join([*notes, resolved.describe()]))
     except TrainingError as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 1

@@ -93,18 +93,20 @@ def _format_seconds(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, resume: bool | str | os.PathLike = False,
-          log: Callable[[str], None] | None = None, provenance: str | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, provenance: str | None = None,
+          announce: str | None = None) -> TrainResult:
     """Train as `config` says; `resume=True` continues the run out_dir/name from its newest readable checkpoint,
     `resume=PATH` from a given run or checkpoint folder. Under torchrun, every rank calls this. The run folder is
     locked for the call's life: a second writer gets a UsageError naming this process. Ctrl-C saves a checkpoint
     and raises `TrainingInterrupted`, whose message is the command that continues the run. `provenance` (the
-    source of each value, from `vitkit.api.resolve_training`) is saved as RUN/provenance.json."""
+    source of each value, from `vitkit.api.resolve_training`) is saved as RUN/provenance.json; `announce` (the
+    effective configuration) is printed once the run folder is this process's, so a refused writer prints one line."""
     config.validate()
     parse_loggers(config.log)
     info = distributed.setup(config.device)
     created_group = info.enabled
     run = _Run(config, info, resume, log)
-    run.provenance = provenance
+    run.provenance, run.announce = provenance, announce
     try:
         with deterministic_mode(config.deterministic, config.threads):
             return run.run()
@@ -145,6 +147,7 @@ class _Run:
         self.lock = RunLock(Path(config.out_dir) / (config.name or "unnamed"))
         self.out_of_time = self.interrupted = False
         self.provenance: str | None = None
+        self.announce: str | None = None
 
     def say(self, message: str) -> None:
         if not self.main:
@@ -295,6 +298,8 @@ class _Run:
         c, info = self.config, self.info
         self.started = time.time()
         self.run_dir, chosen = self.resolve_run_dir()
+        if self.announce:
+            self.say(self.announce)
         resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
         torch.manual_seed(c.seed)
         if c.threads > 0:
