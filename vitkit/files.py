@@ -25,6 +25,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder `tmp` onto `final` (a sibling). An existing `final` is first moved into a hidden
+    folder beside it and removed after the rename, so `final` names one whole folder, the old or the new."""
+    import shutil
+
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.

@@ -29,6 +29,7 @@ import torch
 
 from ..checkpoints.io import atomic_path, fsync_dir, read_safetensors
 from ..errors import CheckpointError
+from ..files import replace_folder
 from . import faults
 from .run_folder import CHECKPOINTS, WEIGHTS, is_run_dir
 from .run_folder import run_dir_of as run_dir_of  # (re-exported: its old home)
@@ -132,14 +133,7 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict[s
         write_manifest(tmp, step)
         fsync_dir(tmp)
         faults.hit("checkpoint.before_rename", step)
-        if final.exists():  # the same step written again (a resumed run that ends where it started)
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=folder))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(folder)
+        replace_folder(tmp, final)  # the same step may be written again (a resumed run that ends where it started)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..files import replace_folder
 from . import distributed
 from .checkpoint import (MANIFEST, STATE, STATE_FORMAT, STATE_VERSION, checkpoints_dir, prune, step_dir_name,
                          write_manifest)
@@ -214,14 +215,7 @@ def write_sharded_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Mo
         names = tuple(sorted(n for n in os.listdir(tmp) if n != MANIFEST))
         write_manifest(tmp, step, names)
         fsync_dir(tmp)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=folder))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(folder)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         distributed.barrier(info)
