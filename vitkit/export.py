@@ -115,12 +115,7 @@ def source_sha256(path) -> str:
     SHA-256s, one `name  digest` line each, sorted."""
     path = Path(path)
 
-    def digest(file: Path) -> str:
-        hasher = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                hasher.update(block)
-        return hasher.hexdigest()
+    from .files import sha256_of_file as digest
 
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())

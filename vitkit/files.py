@@ -25,6 +25,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
 def replace_folder(tmp: Path, final: Path) -> None:
     """Rename the finished folder `tmp` onto `final` (a sibling). An existing `final` is first moved into a hidden
     folder beside it and removed after the rename, so `final` names one whole folder, the old or the new."""

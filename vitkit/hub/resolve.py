@@ -58,17 +58,14 @@ def resolve_source(source: str | os.PathLike, *, sha256: str | None = None) -> t
 
 def check_local_sha256(path: Path, sha256: str) -> None:
     """A hash the caller gives is checked on a local file too (read here, nothing written beside the file)."""
-    import hashlib
+    from ..files import sha256_of_file
 
     expected = str(sha256).strip().lower()
     if path.is_dir():
         raise CheckpointError(path, "sha256= checks a single file, and this is a folder")
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(block)
-    if hasher.hexdigest() != expected:
-        raise CheckpointError(path, f"SHA-256 mismatch: expected {expected}, got {hasher.hexdigest()}")
+    found = sha256_of_file(path)
+    if found != expected:
+        raise CheckpointError(path, f"SHA-256 mismatch: expected {expected}, got {found}")
 
 
 def model_source(source: str | os.PathLike) -> Path | str:

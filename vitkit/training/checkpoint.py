@@ -15,7 +15,6 @@ the newest step folder that passes, so a damaged newest folder falls back to the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import torch
 
 from ..checkpoints.io import atomic_path, fsync_dir, read_safetensors
 from ..errors import CheckpointError
-from ..files import replace_folder
+from ..files import replace_folder, sha256_of_file
 from . import faults
 from .run_folder import CHECKPOINTS, WEIGHTS, is_run_dir
 from .run_folder import run_dir_of as run_dir_of  # (re-exported: its old home)
@@ -64,19 +63,12 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, step: int, names: tuple[str, ...] = (WEIGHTS, STATE)) -> None:
     """manifest.json: the step and the size and SHA-256 of each file, as they are on disk now."""
     from ..checkpoints.io import atomic_write_text
 
-    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)} for name in names}
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of_file(folder / name)}
+             for name in names}
     atomic_write_text(folder / MANIFEST, json.dumps({"format": MANIFEST_FORMAT, "step": int(step), "files": files},
                                                     indent=1) + "\n")
 
@@ -108,7 +100,7 @@ def verify_manifest(folder: Path) -> None:
         found = file.stat().st_size
         if found != size:
             raise CheckpointError(file, f"{found} bytes, the manifest says {size} (cut short or overwritten)")
-        if _sha256(file) != sha:
+        if sha256_of_file(file) != sha:
             raise CheckpointError(file, f"SHA-256 differs from the manifest's (the file changed after it was "
                                   "written)")
 
