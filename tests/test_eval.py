@@ -120,6 +120,25 @@ def test_eval_int8_quantized_agrees_with_float32(folder_run, tmp_path, capsys):
     assert reports["int8"]["loss"] != reports["fp32"]["loss"]  # the quantized model did run
 
 
+def test_vitkit_evaluate_returns_what_vitkit_eval_prints(folder_run, tmp_path, capsys, monkeypatch):
+    """The command is a layer over vitkit.evaluate: the same record, few-shot included; output=None writes nothing."""
+    result, data = folder_run
+    assert main(["eval", str(result.run_dir), "--few-shot", "1,2", "--few-shot-draws", "2", "--json",
+                 "--no-progress", "-o", str(tmp_path / "cli")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    returned = vitkit.evaluate(result.run_dir, few_shot=[1, 2], few_shot_draws=2, output=tmp_path / "api")
+    assert json.loads((tmp_path / "api" / "results.json").read_text()) == returned
+    assert printed.pop("confusion_png") == str(tmp_path / "cli" / "confusion.png")
+    assert returned.pop("confusion_png") == str(tmp_path / "api" / "confusion.png")
+    assert returned == printed and returned["split"] == "hold-out" and set(returned["few_shot"]) == {"1", "2"}
+    monkeypatch.chdir(tmp_path / "api")
+    before = sorted(p.name for p in (tmp_path / "api").iterdir())
+    model = vitkit.load(result.run_dir / "model.safetensors")
+    alone = vitkit.evaluate(model, data, split="all")
+    assert alone["checkpoint"] is None and alone["images"] == 36 and "confusion_png" not in alone
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == before  # output=None: no files
+
+
 def test_eval_of_imported_checkpoints_needs_nothing_else(tmp_path, capsys):
     """The same weights as a timm .pth (no names, no preprocessing) and as a Hugging Face folder."""
     result = train(tiny_config(tmp_path, steps=4), log=quiet)

@@ -205,48 +205,32 @@ def _model(model_or_path, num_heads=None, pool=None):
     return model_or_path, None
 
 
-def evaluate(model_or_path, data: str | os.PathLike | None = None, *, split: str = "auto",
-             limit_per_class: int | None = None, batch_size: int = 64, device: str = "auto",
-             precision: str = "fp32", num_workers: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a model on a data set, as a dict.
+def evaluate(model_or_path, data: str | os.PathLike | None = None, *, num_heads: int | None = None,
+             pool: str | None = None, **options) -> dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a model on a data set, as a dict: the
+    record `vitkit eval --json` prints and results.json holds.
 
-    model_or_path: a VisionTransformer, a TrainResult, a run folder, a checkpoint file, or a pre-trained name. For a
-    run, `data` defaults to the run's, and split "auto" is the run's own evaluation split exactly as it was held
-    out (holdout.json); "all" is every image, "holdout" a fresh hold-out of other data.
+    model_or_path: a VisionTransformer, a TrainResult, a run folder, a checkpoint file, or a pre-trained name
+    (num_heads=, pool= for files that do not record them). For a run, `data` defaults to the run's, and split "auto"
+    is the run's own evaluation split exactly as it was held out (holdout.json); "all" is every image, "holdout" a
+    fresh hold-out of other data (val_fraction=, val_per_class=, split_seed=). Other options, as `vitkit eval`'s
+    flags: limit_per_class, max_bad_fraction (0.01), few_shot=[1, 5, ...] with few_shot_draws (5) for the paper's
+    few-shot linear evaluation and a linear probe, batch_size (64), num_workers (0), precision ("fp32", "bf16",
+    "fp16", or "int8": the dense layers quantized, CPU only), device ("auto"), progress (False); output: None writes
+    nothing, "auto" `vitkit eval`'s folder (RUN/eval-<split>, else eval-<model name>), or a folder, for results.json
+    and confusion.png; log: a function receiving the status lines (default: none).
     """
-    import numpy as np
+    return evaluation(model_or_path, data, num_heads=num_heads, pool=pool, **options).results
 
-    from .eval.evaluate import eval_batches, evaluate as count, match_classes, restrict_confusion
-    from .training.distributed import pick_device
-    from .training.holdout import open_eval_set
-    from .training.run_folder import run_dir_of
-    from .training.trainer import load_run_config
 
-    model, where = _model(model_or_path)
-    run_dir = run_dir_of(where) if where is not None and Path(where).exists() else None
-    run_config = load_run_config(run_dir) if run_dir is not None else None
-    chosen = open_eval_set(None if data is None else str(data), run_dir=run_dir, run_config=run_config, split=split,
-                           limit_per_class=limit_per_class, log=lambda message: None, progress=progress)
-    splits = chosen.splits
-    if splits.val is None or len(splits.val) == 0:
-        raise UsageError(f"--data {chosen.data}: no images to evaluate")
-    label_map = match_classes(model.class_names, model.num_classes, splits.classes, where=f"data {chosen.data}")
-    device = pick_device(device)
-    model.to(device)
-    batches = eval_batches(model, splits.val, batch_size, num_workers, label_map=label_map)
-    result = count(model, batches, model.num_classes, device, precision, progress=progress,
-                   desc=f"eval {splits.val_name}", total=len(batches)).result()
-    confusion, has_other = restrict_confusion(result.confusion, label_map)
-    totals = confusion.sum(axis=1)
-    hits = np.diag(confusion[:, :len(label_map)])
-    names = list(splits.classes)
-    report = {"data": chosen.data, "split": splits.val_name, "images": result.count, "top1": result.top1,
-              "top5": result.top5, "loss": result.loss,
-              "per_class": {n: (float(h / t) if t else None) for n, h, t in zip(names, hits, totals)},
-              "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()}}
-    if chosen.note:
-        report["note"] = chosen.note
-    return report
+def evaluation(model_or_path, data: str | os.PathLike | None = None, *, num_heads: int | None = None,
+               pool: str | None = None, **options):
+    """`vitkit.evaluate` as an `Evaluation`: `.results` (the dict), `.few_shot` (the few-shot results as objects)
+    and `.folder` (where the files went), for a printed report (`vitkit eval`)."""
+    from .eval.report import evaluate_model
+
+    model, where = _model(model_or_path, num_heads=num_heads, pool=pool)
+    return evaluate_model(model, where, data, **options)
 
 
 def predict(model_or_path, images, top_k: int = 5, *, batch_size: int = 32,

@@ -57,116 +57,46 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from .. import load
-    from ..errors import UsageError
-    from ..eval.evaluate import (eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion)
-    from ..hub.resolve import model_source
-    from ..training.checkpoint import run_dir_of
-    from ..training.distributed import pick_device
+    from ..api import evaluation
 
     if args.output:
         from ._outputs import check_output_folder
 
         check_output_folder(Path(args.output))
-    model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
-    run_dir = run_dir_of(args.model)
-    run_config = None
-    if run_dir is not None:
-        from ..training.trainer import load_run_config
-
-        try:
-            run_config = load_run_config(run_dir)
-        except (UsageError, ValueError):
-            run_config = None
-    say = _args.status(args)
     shots = None
     if args.few_shot:
         from ..eval.fewshot import parse_shots
 
         shots = parse_shots(args.few_shot)
-    from ..training.holdout import open_eval_set
-
-    chosen = open_eval_set(args.data, run_dir=run_dir, run_config=run_config, split=args.split,
-                           want_train=shots is not None, val_fraction=args.val_fraction,
-                           val_per_class=args.val_per_class, split_seed=args.split_seed,
-                           limit_per_class=args.limit_per_class, max_bad_fraction=args.max_bad_fraction, log=say,
-                           progress=args.progress)
-    splits, data = chosen.splits, chosen.data
-    if chosen.note:
-        say(f"note: {chosen.note}")
-    images = splits.val
-    if images is None or len(images) == 0:
-        raise UsageError(f"--data {data}: no images to evaluate")
-    label_map = match_classes(model.class_names, model.num_classes, splits.classes, where=f"--data {data}")
-    device = pick_device(args.device)
-    model.to(device)
-    batches = eval_batches(model, images, args.batch_size, args.num_workers, label_map=label_map)
-    precision = args.precision
-    if precision == "int8":
-        from ..models.fast import quantize_int8
-
-        if device.type != "cpu":
-            raise UsageError(f"--precision int8 runs on the CPU only, not on --device {device}")
-        try:
-            model = quantize_int8(model)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        precision = "fp32"  # activations stay float32 between the quantized layers
-    counts = evaluate(model, batches, model.num_classes, device, precision, progress=args.progress,
-                      desc=f"eval {splits.val_name}", total=len(batches))
-    result = counts.result()
-
-    confusion, has_other = restrict_confusion(result.confusion, label_map)
-    totals = confusion.sum(axis=1)
-    hits = np.diag(confusion[:, :len(label_map)])
-    per_class = np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
-    names = list(splits.classes)
-    out = Path(args.output) if args.output else (run_dir / f"eval-{splits.val_name}" if run_dir is not None
-                                           else Path(f"eval-{Path(args.model).stem}"))
-    out.mkdir(exist_ok=True)
-    png = plot_confusion(confusion, names + (["other"] if has_other else []), out / "confusion.png",
-                         title=f"{Path(args.model).name} on {splits.val_name} ({result.count:,} images)")
-    report = {
-        "checkpoint": str(args.model), "data": str(data), "split": splits.val_name, "images": result.count,
-        "precision": args.precision, "top1": result.top1, "top5": result.top5, "loss": result.loss,
-        "per_class": {name: (None if np.isnan(acc) else float(acc)) for name, acc in zip(names, per_class)},
-        "confusion": {"classes": names + (["other"] if has_other else []), "matrix": confusion.tolist()},
-        "skipped_files": [p for p, _ in splits.bad_files],
-        **({"note": chosen.note} if chosen.note else {}),
-        "confusion_png": str(png),
-    }
-    if shots is not None:
-        from ..eval.fewshot import fewshot_evaluate, format_results
-
-        if splits.train is None or len(splits.train) == 0:
-            raise UsageError(f"--few-shot needs a training split of --data {data} to draw the shots from")
-        few = fewshot_evaluate(model, eval_batches(model, splits.train, args.batch_size, args.num_workers),
-                               eval_batches(model, images, args.batch_size, args.num_workers), shots=shots,
-                               num_draws=args.few_shot_draws, device=device)
-        report["few_shot"] = {str(k): {"mean": r.mean, "std": r.std, "draws": r.accuracies}
-                              for k, r in few["fewshot"].items()}
-        report["linear_probe"] = few["linear_probe"]
-    from ..checkpoints.io import atomic_write_text
-
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    say = _args.status(args)
+    found = evaluation(args.model, args.data, num_heads=args.num_heads, pool=args.pool, split=args.split,
+                       val_fraction=args.val_fraction, val_per_class=args.val_per_class, split_seed=args.split_seed,
+                       limit_per_class=args.limit_per_class, max_bad_fraction=args.max_bad_fraction,
+                       few_shot=shots, few_shot_draws=args.few_shot_draws, batch_size=args.batch_size,
+                       num_workers=args.num_workers, precision=args.precision, device=args.device,
+                       output=args.output or "auto", log=say, progress=args.progress)
+    report = found.results
+    wrote = f"{found.folder / 'results.json'} and {report['confusion_png']}"
     if args.json:
         print(json.dumps(report, indent=2))
-        say(f"wrote {out / 'results.json'} and {png}")
+        say(f"wrote {wrote}")
         return 0
     shown_precision = "" if args.precision == "fp32" else f", {args.precision}"
-    print(f"{Path(args.model)} on {data} ({splits.val_name}, {result.count:,} images{shown_precision}):")
-    print(f"  top-1 {100 * result.top1:.2f}%   top-5 {100 * result.top5:.2f}%   loss {result.loss:.4f}")
+    print(f"{Path(args.model)} on {report['data']} ({report['split']}, {report['images']:,} images{shown_precision}):")
+    print(f"  top-1 {100 * report['top1']:.2f}%   top-5 {100 * report['top5']:.2f}%   loss {report['loss']:.4f}")
+    names = list(report["per_class"])
     width = max(len(n) for n in names)
     print("  per class:")
-    for name, acc, total in zip(names, per_class, totals):
-        shown = "   n/a" if np.isnan(acc) else f"{100 * acc:6.2f}%"
-        print(f"    {name:<{width}}  {shown}  ({int(total)} images)")
-    if splits.bad_files:
-        print(f"  skipped {len(splits.bad_files)} unreadable file(s)")
-    if shots is not None:
-        print("  few-shot (frozen features, training split -> " + splits.val_name + "):")
-        print("\n".join("    " + line for line in format_results(few).splitlines()))
-    say(f"  wrote {out / 'results.json'} and {png}")
+    for name, row in zip(names, report["confusion"]["matrix"]):
+        accuracy = report["per_class"][name]
+        shown = "   n/a" if accuracy is None else f"{100 * accuracy:6.2f}%"
+        print(f"    {name:<{width}}  {shown}  ({sum(row)} images)")
+    if report["skipped_files"]:
+        print(f"  skipped {len(report['skipped_files'])} unreadable file(s)")
+    if found.few_shot is not None:
+        from ..eval.fewshot import format_results
+
+        print("  few-shot (frozen features, training split -> " + report["split"] + "):")
+        print("\n".join("    " + line for line in format_results(found.few_shot).splitlines()))
+    say(f"  wrote {wrote}")
     return 0
