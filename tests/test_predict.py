@@ -93,6 +93,27 @@ def test_folders_expand_and_bad_images_are_reported(trained, tmp_path, capsys):
     assert f"under {empty} (1 other file(s) ignored, e.g. notes.txt)" in err[0]
 
 
+def test_vitkit_predict_agrees_with_vitkit_predict_json(trained, tmp_path, capsys):
+    """The command is a layer over the Python call: the same records for a folder and a bad file; vitkit.predict
+    gives the (name, probability) lists of the same images, an empty one for a file it was allowed to skip."""
+    from vitkit.api import predictions
+    from vitkit.errors import UsageError
+
+    run, images = trained
+    truncated_jpeg(tmp_path / "cut.jpg")
+    items = [str(images), str(tmp_path / "cut.jpg")]
+    assert main(["predict", str(run), *items, "--top-k", "2", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    said = []
+    assert predictions(run, items, 2, max_bad_fraction=1.0, log=said.append) == printed
+    assert len(said) == 1 and said[0].startswith("skipped 1 of 5 file(s)")
+    tops = vitkit.predict(run, items, top_k=2, max_bad_fraction=0.5)
+    assert tops == [[(p["class"], p["probability"]) for p in r.get("predictions", [])] for r in printed]
+    assert len(tops) == 5 and tops[-1] == [] and all(len(top) == 2 for top in tops[:4])
+    with pytest.raises(UsageError, match="1 of 5 files .* are not readable"):
+        vitkit.predict(run, items)  # by default, in Python, an unreadable file is an error
+
+
 def test_a_checkpoint_without_class_names_predicts_indices(trained, tmp_path, capsys):
     run, images = trained
     vitkit.save(vitkit.load(run / "model.safetensors"), tmp_path / "weights.pth", format="timm")

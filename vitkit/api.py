@@ -233,26 +233,42 @@ def evaluation(model_or_path, data: str | os.PathLike | None = None, *, num_head
     return evaluate_model(model, where, data, **options)
 
 
-def predict(model_or_path, images, top_k: int = 5, *, batch_size: int = 32,
-            device: str = "auto") -> list[list[tuple[str, float]]]:
+def predict(model_or_path, images, top_k: int = 5, *, batch_size: int = 32, device: str = "auto",
+            num_heads: int | None = None, pool: str | None = None, max_bad_fraction: float | None = 0.0,
+            log: Callable[[str], None] | None = None) -> list[list[tuple[str, float]]]:
     """The top-k (class name, probability) of each image, best first, as one list per image.
 
-    images: a path, a PIL image, or a list of them. The class names and the preprocessing come from the model
-    (class indices as names where it has none)."""
-    from PIL import Image
+    model_or_path: as for `evaluate`, or a file `vitkit export` wrote (.onnx, .pt2: run on the CPU). images: a path,
+    a folder (each image file inside, in order), a PIL image, or a list of them. The class names and the
+    preprocessing come from the model (class indices as names where it has none). An unreadable file is an error,
+    unless max_bad_fraction allows a share of them (1.0: any), whose lists are then empty; `log` receives the
+    warnings (default: none). `predictions` returns the same as records with file names and class indices."""
+    records = predictions(model_or_path, images, top_k, batch_size=batch_size, device=device, num_heads=num_heads,
+                          pool=pool, max_bad_fraction=max_bad_fraction, log=log)
+    return [[(p["class"], p["probability"]) for p in record.get("predictions", [])] for record in records]
 
-    from .data import eval_transform, read_image
-    from .eval.evaluate import classify
+
+def predictions(model_or_path, images, top_k: int = 5, *, batch_size: int = 32, device: str = "auto",
+                num_heads: int | None = None, pool: str | None = None, max_bad_fraction: float | None = 0.0,
+                log: Callable[[str], None] | None = None) -> list[dict]:
+    """`vitkit.predict` as the records `vitkit predict --json` prints: {"image": path, "predictions": [{"class",
+    "index", "probability"}, ...]}, or {"image": path, "error": reason} for a file skipped as unreadable ("image":
+    None for a PIL image)."""
+    from .eval.predict import predict_records
     from .training.distributed import pick_device
 
-    model, _ = _model(model_or_path)
-    if model.num_classes == 0:
-        raise UsageError("the model has no classifier head")
-    single = isinstance(images, (str, os.PathLike, Image.Image))
-    items: Sequence = [images] if single else list(images)
-    loaded = [item.convert("RGB") if isinstance(item, Image.Image) else read_image(item) for item in items]
-    names = model.class_names or [str(i) for i in range(model.num_classes)]
-    device = pick_device(device)
-    model.to(device)
-    tops = classify(model, loaded, eval_transform(model.preprocessing), top_k, batch_size, device)
-    return [[(names[i], p) for i, p in top] for top in tops]
+    if isinstance(model_or_path, (str, os.PathLike)) and str(model_or_path).lower().endswith((".onnx", ".pt2")):
+        from .export import load_exported  # an exported file: names and preprocessing inside
+
+        if num_heads or pool:
+            raise UsageError(f"{model_or_path}: an exported file records its model; --num-heads and --pool "
+                             "are for checkpoints")
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"{model_or_path}: exported files run on the CPU here, not --device {device}")
+        model, where, device = load_exported(model_or_path), str(model_or_path), "cpu"
+    else:
+        model, where = _model(model_or_path, num_heads=num_heads, pool=pool)
+        device = pick_device(device)
+        model.to(device)
+    return predict_records(model, images, top_k, batch_size=batch_size, device=device,
+                           max_bad_fraction=max_bad_fraction, log=log, where=where)

@@ -34,49 +34,19 @@ def _warn(message: str) -> None:
 
 
 def run(args) -> int:
-    from .. import load
-    from ..data import eval_transform, gather_image_files, read_images
-    from ..errors import UsageError
-    from ..eval.evaluate import classify
-    from ..hub.resolve import model_source
-    from ..training.distributed import pick_device
+    from ..api import predictions
 
-    if str(args.model).lower().endswith((".onnx", ".pt2")):  # an exported file: names and preprocessing inside
-        from ..export import load_exported
-
-        if args.num_heads or args.pool:
-            raise UsageError(f"{args.model}: an exported file records its model; --num-heads and --pool "
-                             "are for checkpoints")
-        if args.device not in ("auto", "cpu"):
-            raise UsageError(f"{args.model}: exported files run on the CPU here, not --device {args.device}")
-        model, device = load_exported(args.model), "cpu"
-    else:
-        model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
-        device = pick_device(args.device)
-        model.to(device)
-    if model.num_classes == 0:
-        raise UsageError(f"{args.model}: the model has no classifier head")
-    names = model.class_names or [str(i) for i in range(model.num_classes)]
-    transform = eval_transform(model.preprocessing)
-
-    paths = gather_image_files(args.images, log=_warn)  # folders: their image files, other files ignored
-    # skipped and counted in one warning; an error above --max-bad-fraction, or when none is left
-    readable, unreadable = read_images(paths, log=_warn, max_bad_fraction=args.max_bad_fraction)
-    records = {path: {"image": path, "error": reason} for path, reason in unreadable}
-    good = [path for path, _ in readable]
-    images = [image for _, image in readable]
-    for path, top in zip(good, classify(model, images, transform, args.top_k, args.batch_size, device)):
-        records[path] = {"image": path, "predictions": [
-            {"class": names[i], "index": i, "probability": p} for i, p in top]}
-
+    # unreadable files: skipped and counted in one warning; an error above --max-bad-fraction, or when none is left
+    records = predictions(args.model, args.images, args.top_k, batch_size=args.batch_size, device=args.device,
+                          num_heads=args.num_heads, pool=args.pool, max_bad_fraction=args.max_bad_fraction,
+                          log=_warn)
     if args.json:
-        print(json.dumps([records[p] for p in paths], indent=2))
+        print(json.dumps(records, indent=2))
     else:
-        for path in paths:
-            record = records[path]
+        for record in records:
             if "error" in record:
                 continue
-            print(path)
+            print(record["image"])
             for pred in record["predictions"]:
                 print(f"  {100 * pred['probability']:6.2f}%  {pred['class']}")
     return 0
