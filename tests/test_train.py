@@ -17,7 +17,7 @@ import torch
 import vitkit
 from vitkit.cli import main
 from vitkit.training import checkpoint as ckpt
-from vitkit.training.config import (DIGITS_RECIPE, TrainConfig, list_recipes, load_recipe, read_recipe_file)
+from vitkit.training.config import RECIPES_DIR, TrainConfig, list_recipes, load_recipe, read_recipe_file
 from vitkit.training.optim import EMA, build_optimizer, learning_rate, param_groups
 from vitkit.training.trainer import TrainingError, load_run_config, train
 
@@ -269,9 +269,23 @@ def test_paper_recipes_say_what_the_paper_says():
     assert deit.label_smoothing == 0.1 and deit.drop_path > 0
 
 
-def test_the_digits_recipe_is_also_built_in():
-    values = read_recipe_file(Path(__file__).resolve().parents[1] / "recipes" / "digits.toml")
-    assert values == DIGITS_RECIPE
+def test_the_recipes_are_part_of_the_package():
+    """The recipes ship inside vitkit (package data), so an installed vitkit finds them all; the repository's
+    recipes/ is a link to the same folder, so that recipes/x.toml paths keep working."""
+    package = Path(vitkit.__file__).resolve().parent
+    assert RECIPES_DIR.resolve().parent == package and RECIPES_DIR.name == "recipes"
+    names = list_recipes()
+    assert {"digits", "default", "finetune", "cifar10", "deit"} <= set(names)
+    for name in names:
+        assert load_recipe(name).recipe == name
+    assert load_recipe("digits").data == "digits"
+    root = package.parent / "recipes"
+    if (package.parent / "pyproject.toml").is_file():  # a checkout (an installed wheel has no repository root)
+        import tomllib
+
+        assert root.is_symlink() and root.resolve() == RECIPES_DIR.resolve()
+        pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+        assert "recipes/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["vitkit"]
 
 
 def test_command_line_overrides(tmp_path, capsys):

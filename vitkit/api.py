@@ -71,7 +71,7 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
                      log: Callable[[str], None] | None = print) -> Resolved:
     """The configuration of a training run, every value with its source; `log` receives the announcements (which
     recipe was chosen when none was named). One-line UsageErrors for what cannot be honoured."""
-    from .training.config import ARCHITECTURE_FIELDS, FIELDS, TrainConfig, apply_overrides, main_job
+    from .training.config import ARCHITECTURE_FIELDS, FIELDS, TrainConfig, apply_overrides
     from .training.config import smoke as shrink
     from .training.trainer import load_run_config
 
@@ -115,11 +115,7 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
     elif finetune:
         values, chosen = {}, FINETUNE_RECIPE
     elif settings.get("data", MAIN_JOB) == MAIN_JOB:
-        try:
-            values, chosen = _recipe_values(MAIN_JOB)
-        except UsageError:  # the recipes/ folder is not installed: the built-in copy of digits.toml
-            values, chosen = {k: v for k, v in main_job().to_dict().items()
-                              if v != getattr(TrainConfig(), k) and k != "recipe"}, MAIN_JOB
+        values, chosen = _recipe_values(MAIN_JOB)
         say(f"no recipe given: the main job, recipe {chosen} (a small ViT on the built-in digits)")
     else:
         values, chosen = _recipe_values(DEFAULT_RECIPE)

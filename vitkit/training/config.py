@@ -25,7 +25,8 @@ from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes/, beside the package
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # installed with the package (the repository's
+# recipes/ is a link to it)
 
 
 def _f(default, help: str, **kw):
@@ -411,7 +412,7 @@ def list_recipes() -> list[str]:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A recipe by path, or by name in ./recipes/ or the repository's recipes/."""
+    """A recipe by path, or by name in ./recipes/ or vitkit's own recipes (vitkit/recipes/)."""
     path = Path(name_or_path)
     if path.suffix in (".toml", ".json") and path.is_file():
         return path
@@ -475,24 +476,9 @@ def smoke(config: TrainConfig) -> TrainConfig:
     ).validate()
 
 
-# The main job, also when the recipes/ folder is not installed (tests check it equals recipes/digits.toml).
-DIGITS_RECIPE: dict[str, Any] = {
-    'data': 'digits', 'model': 'ViT-Ti/4', 'image_size': 16, 'width': 64, 'depth': 4, 'num_heads': 4,
-    'mlp_dim': 128, 'crop': 'inception', 'crop_min_area': 0.6, 'hflip': False, 'optimizer': 'adam', 'lr': 0.002,
-    'weight_decay': 0.05, 'schedule': 'cosine', 'warmup_steps': 0, 'warmup_epochs': 3, 'batch_size': 128,
-    'epochs': 80, 'threads': 1, 'eval_every': 220, 'checkpoint_every': 440, 'log_every': 10,
-}
-
-
 def main_job(overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """`vitkit train` with no recipe: recipes/digits.toml."""
-    try:
-        return load_recipe("digits", overrides)
-    except UsageError:
-        if list_recipes():
-            raise
-    config = apply_overrides(TrainConfig(), {**DIGITS_RECIPE, "recipe": "digits"})
-    return apply_overrides(config, overrides or {}).validate()
+    """`vitkit train` with no recipe: vitkit/recipes/digits.toml."""
+    return load_recipe("digits", overrides)
 
 
 # ---------------------------------------------------------------------------------- command-line flags
