@@ -21,7 +21,7 @@ from vitkit.configs import Preprocessing
 from vitkit.data import StepBatchSampler, eval_transform, open_data
 from vitkit.data.memory import TensorAugment, TensorBatches, resize_batch, stack_images
 from vitkit.training.config import TrainConfig, load_recipe
-from vitkit.training.schedule import Schedule, TrainClock
+from vitkit.training.schedule import Schedule, ScheduleSettings, TrainClock
 from vitkit.training.trainer import train
 
 from test_data import CIFAR_TAR, extract_cifar_subset
@@ -121,7 +121,7 @@ def test_resize_batch_is_the_identity_at_the_same_size():
 def test_a_budget_schedule_warms_up_by_steps_and_decays_by_time():
     config = TrainConfig(lr=1e-3, min_lr=1e-5, schedule="cosine", budget_minutes=10, progressive_min_size=16,
                          progressive_until=0.5)
-    schedule = Schedule(config, total_steps=10**6, warmup_steps=10, image_size=32, patch_step=4)
+    schedule = Schedule(ScheduleSettings.from_config(config), total_steps=10**6, warmup_steps=10, image_size=32, patch_step=4)
     assert schedule.lr(0, 0.0) == pytest.approx(1e-4)
     assert schedule.lr(9, 0.0) == pytest.approx(1e-3)
     assert schedule.lr(500, 300.0) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
@@ -130,8 +130,8 @@ def test_a_budget_schedule_warms_up_by_steps_and_decays_by_time():
     sizes = [schedule.at(100, s).image_size for s in np.linspace(0, 600, 61)]
     assert sizes[0] == 16 and sizes[-1] == 32 and sizes == sorted(sizes) and all(s % 4 == 0 for s in sizes)
     assert schedule.size(0.5) == 32 and schedule.size(0.25) == 24
-    by_steps = Schedule(TrainConfig(lr=1e-3, schedule="linear"), total_steps=101, warmup_steps=0, image_size=32,
-                        patch_step=4)
+    by_steps = Schedule(ScheduleSettings.from_config(TrainConfig(lr=1e-3, schedule="linear")), total_steps=101,
+                        warmup_steps=0, image_size=32, patch_step=4)
     assert by_steps.lr(50, 1e9) == pytest.approx(5e-4)  # no budget: the clock does not matter
     assert by_steps.size(0.0) == 32
 

@@ -7,14 +7,14 @@ import torch
 
 from vitkit.training.config import TrainConfig, load_recipe
 from vitkit.training.optim import EMA, learning_rate
-from vitkit.training.schedule import Schedule
+from vitkit.training.schedule import Schedule, ScheduleSettings
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_the_last_executed_step_runs_at_min_lr(schedule):
     steps, warmup = 50, 5
     config = TrainConfig(lr=1.0, min_lr=0.01, schedule=schedule, warmup_steps=warmup, steps=steps)
-    plan = Schedule(config, steps, warmup, image_size=32, patch_step=4)
+    plan = Schedule(ScheduleSettings.from_config(config), steps, warmup, image_size=32, patch_step=4)
     rates = [plan.lr(step, 0.0) for step in range(steps)]  # the steps a run executes: 0 .. steps - 1
     assert rates[warmup - 1] == pytest.approx(1.0) and rates[warmup] == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(0.01, abs=1e-12)

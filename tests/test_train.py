@@ -18,7 +18,7 @@ import vitkit
 from vitkit.cli import main
 from vitkit.training import checkpoint as ckpt
 from vitkit.training.config import RECIPES_DIR, TrainConfig, list_recipes, load_recipe, read_recipe_file
-from vitkit.training.optim import EMA, build_optimizer, learning_rate, param_groups
+from vitkit.training.optim import EMA, OptimizerSettings, build_optimizer, learning_rate, param_groups
 from vitkit.training.trainer import TrainingError, load_run_config, train
 
 from test_data import CIFAR_TAR, extract_cifar_subset, truncated_jpeg, write_image_folder
@@ -316,9 +316,13 @@ def test_weight_decay_spares_biases_norms_positions_and_class_token():
     assert decayed == {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
                        "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight", "head.weight"}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
-    adam = build_optimizer(model, TrainConfig(optimizer="adam", weight_decay=0.1))
+    settings = OptimizerSettings.from_config(TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.1))
+    assert settings == OptimizerSettings("adam", 3e-3, 0.1, 0.9, 0.999, 0.9)
+    adam = build_optimizer(model, settings)
     assert isinstance(adam, torch.optim.AdamW) and adam.defaults["betas"] == (0.9, 0.999)
-    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", momentum=0.9, weight_decay=0.0))
+    assert adam.defaults["lr"] == 3e-3 and [g["weight_decay"] for g in adam.param_groups] == [0.1, 0.0]
+    sgd = build_optimizer(model, OptimizerSettings.from_config(TrainConfig(optimizer="sgd", momentum=0.9,
+                                                                           weight_decay=0.0)))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
 
 

@@ -8,11 +8,11 @@
 
 from .checkpoint import latest_checkpoint, list_checkpoints, resolve_model_path
 from .config import TrainConfig, list_recipes, load_recipe, main_job, smoke
-from .optim import EMA, build_optimizer, learning_rate, param_groups
+from .optim import EMA, OptimizerSettings, build_optimizer, learning_rate, param_groups
 from .trainer import TrainingError, TrainResult, load_run_config, train
 
 __all__ = [
     "train", "TrainConfig", "TrainResult", "TrainingError", "load_recipe", "list_recipes", "main_job", "smoke",
     "load_run_config", "latest_checkpoint", "list_checkpoints", "resolve_model_path", "param_groups",
-    "build_optimizer", "learning_rate", "EMA",
+    "build_optimizer", "OptimizerSettings", "learning_rate", "EMA",
 ]

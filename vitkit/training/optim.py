@@ -8,6 +8,7 @@ momentum 0.9, no weight decay, cosine decay. Both clip the global gradient norm 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,17 +31,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay)
-    if config.optimizer == "adam":
-        kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, weight_decay=config.weight_decay)
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What the optimizer needs from the training config (a small piece of it, so the flow of each value is
+    visible: the recipe's `lr` reaches the optimizer through `from_config` and nowhere else)."""
+    optimizer: str  # "adam" (AdamW: decoupled weight decay) or "sgd" (with momentum)
+    lr: float  # the peak rate; the schedule sets each step's
+    weight_decay: float  # on the "decay" group only (see param_groups)
+    beta1: float  # Adam's
+    beta2: float
+    momentum: float  # SGD's
+
+    @classmethod
+    def from_config(cls, c) -> "OptimizerSettings":
+        return cls(optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
+                   momentum=c.momentum)
+
+
+def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+    groups = param_groups(model, settings.weight_decay)
+    if settings.optimizer == "adam":
+        kwargs = dict(lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=1e-8,
+                      weight_decay=settings.weight_decay)
         try:  # one fused kernel for the whole update (CPU and CUDA); AdamW refuses devices and dtypes it lacks
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, ValueError):
             return torch.optim.AdamW(groups, **kwargs)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 
 def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int = 0, schedule: str = "cosine",

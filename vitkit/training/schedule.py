@@ -52,21 +52,39 @@ class StepPlan:
     image_size: int  # the side of the training images at this step
 
 
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """What the schedule needs from the training config (a small piece of it, so the flow of each value is
+    visible)."""
+    lr: float  # the peak rate, reached at the end of the warm-up
+    min_lr: float  # the rate at the last step
+    schedule: str  # "cosine", "linear" or "constant" after the warm-up
+    budget_minutes: float | None  # train for this long, the decay following the time spent; None: by steps
+    progressive_min_size: int | None  # progressive resolution: the first side; None: the full size throughout
+    progressive_until: float  # the share of the run at which the full size is reached
+
+    @classmethod
+    def from_config(cls, c) -> "ScheduleSettings":
+        return cls(lr=c.lr, min_lr=c.min_lr, schedule=c.schedule, budget_minutes=c.budget_minutes,
+                   progressive_min_size=c.progressive_min_size, progressive_until=c.progressive_until)
+
+
 class Schedule:
-    """The learning rate and input size of each step, from the config.
+    """The learning rate and input size of each step, from its settings.
 
     Without a budget the learning rate is `optim.learning_rate(step, ...)` (warm-up, then decay over the steps).
     With `budget_minutes`, the decay follows the share of the budget spent, and the warm-up multiplies it:
     lr = peak * min(1, (step + 1) / warmup_steps) * decay(seconds / budget).
     """
 
-    def __init__(self, config, total_steps: int, warmup_steps: int, image_size: int, patch_step: int):
-        self.config = config
+    def __init__(self, settings: ScheduleSettings, total_steps: int, warmup_steps: int, image_size: int,
+                 patch_step: int):
+        self.settings = settings
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.image_size = image_size
         self.patch_step = patch_step  # input sides must be multiples of this (patch size x stem stride)
-        self.budget_seconds = 60.0 * config.budget_minutes if config.budget_minutes else None
+        self.budget_seconds = 60.0 * settings.budget_minutes if settings.budget_minutes else None
 
     def progress(self, step: int, seconds: float) -> float:
         """The share of the run done, in [0, 1]: of the time budget, or of the steps."""
@@ -78,7 +96,7 @@ class Schedule:
         return self.budget_seconds is not None and seconds >= self.budget_seconds
 
     def lr(self, step: int, seconds: float) -> float:
-        c = self.config
+        c = self.settings
         if self.budget_seconds is None:
             return learning_rate(step, self.total_steps, c.lr, self.warmup_steps, c.schedule, c.min_lr)
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
@@ -94,10 +112,10 @@ class Schedule:
     def size(self, progress: float) -> int:
         """Progressive resolution: from `progressive_min_size` up to the full size, linearly in the run's progress
         until `progressive_until`, in whole patches."""
-        start = self.config.progressive_min_size
+        start = self.settings.progressive_min_size
         if not start or start >= self.image_size:
             return self.image_size
-        until = self.config.progressive_until
+        until = self.settings.progressive_until
         share = 1.0 if until <= 0 else min(progress / until, 1.0)
         side = start + (self.image_size - start) * share
         side = int(round(side / self.patch_step)) * self.patch_step
@@ -107,4 +125,4 @@ class Schedule:
         return StepPlan(lr=self.lr(step, seconds), image_size=self.size(self.progress(step, seconds)))
 
 
-__all__ = ["TrainClock", "Schedule", "StepPlan"]
+__all__ = ["TrainClock", "Schedule", "ScheduleSettings", "StepPlan"]

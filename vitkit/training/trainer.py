@@ -49,12 +49,12 @@ from .evaluator import Evaluator
 from .holdout import write_split
 from .interrupt import catch_interrupt
 from .metrics_log import MetricsLogger, parse_loggers
-from .optim import EMA, build_optimizer
+from .optim import EMA, OptimizerSettings, build_optimizer
 from .parallel import (ParallelConfig, is_sharded_checkpoint, load_sharded_checkpoint, unsharded_copy, wrap_model,
                        write_sharded_checkpoint)
 from .streaming import ShardData, is_shard_spec
 from .run_folder import BAD_FILES, CONFIG, CURVES, EMA_WEIGHTS, METRICS, RUN_INFO, WEIGHTS, RunLock
-from .schedule import Schedule, TrainClock
+from .schedule import Schedule, ScheduleSettings, TrainClock
 from .state import restore, rng_state
 from .step import NonFinite, StepSettings, TrainStep
 
@@ -387,7 +387,7 @@ class _Run:
     def prepare_optimizer(self, resume_ckpt: Checkpoint | None) -> None:
         """Optimizer, grad scaler, EMA; for a resumed run their saved state, and what is left to do."""
         c = self.config
-        self.optimizer = build_optimizer(self.model, c)
+        self.optimizer = build_optimizer(self.model, OptimizerSettings.from_config(c))
         self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=c.precision == "fp16")
         self.ema = EMA(self.model, c.ema_decay, warmup=c.ema_warmup) if c.ema_decay > 0 else None
         if resume_ckpt is None:
@@ -493,8 +493,8 @@ class _Run:
         synced_model = train_model = self.train_model  # (no_sync / set_requires_gradient_sync go to the wrapper)
         if c.compile:
             train_model = torch.compile(train_model, backend=c.compile_backend)
-        self.schedule = Schedule(c, self.total, self.warmup, model.config.image_size[0],
-                                 model.config.patch_size[0] * model.config.stem_stride)
+        self.schedule = Schedule(ScheduleSettings.from_config(c), self.total, self.warmup,
+                                 model.config.image_size[0], model.config.patch_size[0] * model.config.stem_stride)
         resize_inputs = c.pipeline == "tensor" or bool(c.progressive_min_size)
         self.train_step = TrainStep(StepSettings.from_config(c, resize_inputs), model, train_model, self.optimizer,
                                     self.scaler, self.ema, synced_model, iter(()), self.num_classes, info,
