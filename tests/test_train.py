@@ -370,3 +370,26 @@ def test_a_short_run_on_the_cifar10_jpeg_tree(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 50 and report["split"] == "hold-out"
     assert report["top1"] == pytest.approx(train_records(run, "summary")[0]["hold-out_top1"])
+
+
+# ------------------------------------------------------------------------------------------- the hybrid's stem
+def test_resnet_fields_make_the_papers_hybrid_and_survive_the_checkpoint(tmp_path):
+    """resnet_layers / resnet_width_factor give a plain variant the hybrid's ResNet stem (Section 3.1); the run's
+    model.safetensors loads back as the same hybrid; the flags read lists of whole numbers only."""
+    from vitkit.training.config import apply_overrides
+    from vitkit.errors import UsageError
+
+    config = tiny_config(tmp_path, image_size=16, patch_size=1, resnet_layers=[1], resnet_width_factor=0.5, steps=2)
+    result = train(config, log=quiet)
+    stem = result.model.config.resnet
+    assert stem is not None and stem.num_layers == (1,) and stem.width_factor == 0.5
+    assert result.model.config.grid_size == (4, 4)  # 16 px, stride 4, 1x1 patches of the feature map
+    loaded = vitkit.load(result.run_dir / "model.safetensors")
+    assert loaded.config.resnet == stem
+    x = torch.randn(2, 3, 16, 16)
+    result.model.eval()
+    torch.testing.assert_close(loaded(x), result.model(x))
+    assert apply_overrides(TrainConfig(), {"resnet_layers": "[]"}).resnet_layers == []
+    assert apply_overrides(TrainConfig(), {"resnet_layers": "3,4,9"}).resnet_layers == [3, 4, 9]
+    with pytest.raises(UsageError, match="resnet_layers.*1.5"):
+        apply_overrides(TrainConfig(), {"resnet_layers": "1.5"})

@@ -3,9 +3,10 @@ record about preprocessing."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
-from ..configs import TRAINING_FIELDS, Preprocessing
+from ..configs import TRAINING_FIELDS, Preprocessing, ResNetConfig
 from ..errors import UsageError
 from .config import ARCHITECTURE_FIELDS, TrainConfig
 
@@ -25,7 +26,12 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
     runtime = runtime_settings(config)
     if config.init_from is None:
         overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
+        stem = {key: overrides.pop(f"resnet_{key}") for key in ("layers", "width_factor") if f"resnet_{key}" in overrides}
         try:
+            if stem:  # the variant's stem (or the default one, for a plain variant) with these fields changed
+                base = variant_config(config.model).resnet or ResNetConfig()
+                overrides["resnet"] = dataclasses.replace(base, **{"num_layers" if k == "layers" else k: (
+                    tuple(v) if k == "layers" else v) for k, v in stem.items()})
             model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
                                           **overrides, **runtime)
             if overrides:  # no longer the named variant
@@ -59,6 +65,13 @@ def describe(config) -> str:
     size = "x".join(str(s) for s in sorted(set(config.image_size)))
     if config.name:
         return f"{config.name} at {size} px"
+    stem = ""
+    if config.resnet is not None:
+        stages = ",".join(map(str, config.resnet.num_layers)) or "root only"
+        stem = (f" on the ResNet stem ({stages}, width factor {config.resnet.width_factor:g}, stride "
+                f"{config.stem_stride}: {config.patch_size[0] * config.stem_stride}-px patches)")
+        return (f"a hybrid ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads{stem} at "
+                f"{size} px")
     return (f"a ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads, "
             f"{config.patch_size[0]}-px patches at {size} px")
 

@@ -75,6 +75,10 @@ class TrainConfig:
     mlp_dim: int | None = _f(None, "hidden width of each MLP", range=AT_LEAST_ONE)
     pool: str | None = _f(None, "token (class token) or gap (global average pooling)")
     posemb: str | None = _f(None, "learned, learned_2d, sincos_2d or none")
+    resnet_layers: list[int] | None = _f(None, "the hybrid's ResNet stem (Section 3.1): bottleneck units per stage, "
+                                         "e.g. 3,4,9 (R50's first three); [] keeps only the root (conv 7x7/2, "
+                                         "GroupNorm, max-pool 3x3/2); set on a plain variant, it makes it a hybrid")
+    resnet_width_factor: float | None = _f(None, "the hybrid's ResNet stem: root width 64 x this (a multiple of 0.5)")
     dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers", range=RATE)
     attention_dropout: float = _f(0.0, "dropout on the attention weights", range=RATE)
     drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)", range=RATE)
@@ -306,7 +310,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size")
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size",
+                       "resnet_layers", "resnet_width_factor")
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -384,10 +389,13 @@ def parse_value(name: str, value: Any) -> Any:
                 items = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
             else:
                 items = list(value)
-            return [float(v) for v in items]
+            item = typing.get_args(hint)[0]
+            if item is int and any(isinstance(v, bool) or float(v) != int(float(v)) for v in items):
+                raise ValueError(value)
+            return [item(float(v)) if item is int else item(v) for v in items]
     except (ValueError, TypeError, json.JSONDecodeError):
         pass
-    raise UsageError(f"option {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
+    raise UsageError(f"option {name}: cannot read {value!r} as {hint.__name__ if isinstance(hint, type) else hint}")
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
