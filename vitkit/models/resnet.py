@@ -110,7 +110,10 @@ class ResNetStem(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.gn_root(self.conv_root(x)))
-        x = F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), kernel_size=3, stride=2)
+        x = pad_same(x, 3, 2, value=float("-inf"))
+        if x.device.type == "cpu":  # the same maxima; PyTorch's channels-last CPU max-pool is ~15x faster than NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
         return self.stages(x)
 
     @torch.no_grad()
