@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configs import POOLS
+from ..configs import POOLS, variant_config
 from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
@@ -78,7 +78,8 @@ class TrainConfig:
     resnet_layers: list[int] | None = _f(None, "the hybrid's ResNet stem (Section 3.1): bottleneck units per stage, "
                                          "e.g. 3,4,9 (R50's first three); [] keeps only the root (conv 7x7/2, "
                                          "GroupNorm, max-pool 3x3/2); set on a plain variant, it makes it a hybrid")
-    resnet_width_factor: float | None = _f(None, "the hybrid's ResNet stem: root width 64 x this (a multiple of 0.5)")
+    resnet_width_factor: float | None = _f(None, "the hybrid's ResNet stem: root width 64 x this (a multiple of 0.5)",
+                                           range=Range(0, 64, lo_open=True))
     dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers", range=RATE)
     attention_dropout: float = _f(0.0, "dropout on the attention weights", range=RATE)
     drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)", range=RATE)
@@ -471,9 +472,19 @@ def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None =
     return apply_overrides(config, overrides or {}).validate()
 
 
+def _is_hybrid(model: str) -> bool:
+    try:
+        return variant_config(model).resnet is not None
+    except ValueError:  # not a variant name: the model builder says so
+        return False
+
+
 def smoke(config: TrainConfig) -> TrainConfig:
     """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
     architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
+    if not config.init_from and (config.resnet_layers is not None or _is_hybrid(config.model)):
+        # a hybrid: the root alone, narrow, and 1x1 patches of its stride-4 map (a 4x4 grid at 16 px)
+        architecture.update(patch_size=1, resnet_layers=[], resnet_width_factor=0.5)
     if config.representation_size and not config.init_from:
         architecture["representation_size"] = 32
     return config.replace(
