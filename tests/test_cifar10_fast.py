@@ -162,12 +162,19 @@ def test_a_time_budget_ends_the_run_and_timed_evaluations_come_with_clock_record
 
 
 def test_the_recipes_settings():
-    fast, base = load_recipe("cifar10-fast"), load_recipe("cifar10-baseline")
-    for config in (fast, base):
+    fast, vit, base = (load_recipe(name) for name in ("cifar10-fast", "cifar10-fast-vit", "cifar10-baseline"))
+    for config in (fast, vit, base):
         assert config.val_split == "holdout" and config.val_per_class == 500 and config.split_seed == 0
         assert config.budget_minutes == 60 and config.pipeline == "tensor" and config.image_size == 32
-    assert (fast.width, fast.depth, fast.patch_size) == (base.width, base.depth, base.patch_size)  # same size
-    assert fast.patch_dropout == 0.5 and fast.cutmix_alpha == 1.0 and fast.mix_prob == 0.5 and fast.mixup_alpha == 0
+    assert (vit.width, vit.depth, vit.patch_size) == (base.width, base.depth, base.patch_size)  # same size
+    # the hybrid: the ResNet root (stride 4) and 1x1 patches give the plain ViT's 64 tokens; the same encoder
+    assert fast.model == "R+ViT-Ti/16" and fast.resnet_layers == [] and fast.patch_size == 1
+    assert vit.model == "ViT-Ti/4" and vit.patch_size in (None, 4)
+    assert (fast.width, fast.depth, fast.num_heads, fast.mlp_dim) == (vit.width, vit.depth, vit.num_heads, vit.mlp_dim)
+    training = [k for k in fast.to_dict() if k not in ("recipe", "model", "patch_size", "resnet_layers",
+                                                         "resnet_width_factor")]
+    assert {k: getattr(fast, k) for k in training} == {k: getattr(vit, k) for k in training}  # the same training
+    assert vit.patch_dropout == 0.5 and vit.cutmix_alpha == 1.0 and vit.mix_prob == 0.5 and vit.mixup_alpha == 0
     # the baseline keeps the paper's plain settings
     assert (base.optimizer, base.beta1, base.beta2, base.grad_clip, base.schedule) == ("adam", 0.9, 0.999, 1.0,
                                                                                         "cosine")
