@@ -198,7 +198,10 @@ def read_run(run_dir: Path) -> dict:
 
 
 def reread(run: dict) -> dict:
-    """A run record of an earlier results file, its curve read again from its run folder."""
+    """A run record of an earlier results file, its curve read again from its run folder; a run whose folder is gone
+    (the results kept without their runs) keeps the curve it was stored with."""
+    if not (Path(run["run_dir"]) / "metrics.jsonl").is_file():
+        return dict(run)
     kept = {k: v for k, v in run.items() if k not in ("curve", "minutes_to", "final_top1", "final_top1_ema")}
     kept.update(read_run(Path(run["run_dir"])))
     return kept
