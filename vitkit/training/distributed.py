@@ -9,6 +9,7 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them training runs in one
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,15 @@ def setup(device_name: str = "auto") -> DistInfo:
 
 
 def teardown(info: DistInfo) -> None:
+    """Leave the process group together: under gloo, a rank that destroys its group while a peer is still in a
+    collective can abort at exit ("terminate called without an active exception", seen in the FSDP checkpoint
+    test), so the ranks meet first; a peer that never comes (it failed) is given up after a minute."""
     if info.enabled and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except RuntimeError:  # a rank failed: torchrun ends the others; do not wait longer
+                pass
         dist.destroy_process_group()
 
 
