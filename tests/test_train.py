@@ -389,6 +389,10 @@ def test_resnet_fields_make_the_papers_hybrid_and_survive_the_checkpoint(tmp_pat
     x = torch.randn(2, 3, 16, 16)
     result.model.eval()
     torch.testing.assert_close(loaded(x), result.model(x))
+    from vitkit.training.config import smoke
+    # the width factor alone makes a plain variant a hybrid, for the model and for --smoke alike
+    alone = smoke(TrainConfig(model="ViT-Ti/4", resnet_width_factor=1.5))
+    assert alone.patch_size == 1 and alone.resnet_layers == []
     assert apply_overrides(TrainConfig(), {"resnet_layers": "[]"}).resnet_layers == []
     assert apply_overrides(TrainConfig(), {"resnet_layers": "3,4,9"}).resnet_layers == [3, 4, 9]
     with pytest.raises(UsageError, match="resnet_layers.*1.5"):

@@ -3,12 +3,11 @@ record about preprocessing."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
-from ..configs import TRAINING_FIELDS, Preprocessing, ResNetConfig
+from ..configs import TRAINING_FIELDS, Preprocessing
 from ..errors import UsageError
-from .config import ARCHITECTURE_FIELDS, TrainConfig
+from .config import ARCHITECTURE_FIELDS, TrainConfig, resnet_stem
 
 
 def runtime_settings(config: TrainConfig) -> dict:
@@ -25,13 +24,11 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
 
     runtime = runtime_settings(config)
     if config.init_from is None:
-        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None}
-        stem = {key: overrides.pop(f"resnet_{key}") for key in ("layers", "width_factor") if f"resnet_{key}" in overrides}
+        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS
+                     if getattr(config, k) is not None and not k.startswith("resnet_")}
         try:
-            if stem:  # the variant's stem (or the default one, for a plain variant) with these fields changed
-                base = variant_config(config.model).resnet or ResNetConfig()
-                overrides["resnet"] = dataclasses.replace(base, **{"num_layers" if k == "layers" else k: (
-                    tuple(v) if k == "layers" else v) for k, v in stem.items()})
+            if config.resnet_layers is not None or config.resnet_width_factor is not None:
+                overrides["resnet"] = resnet_stem(config)
             model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
                                           **overrides, **runtime)
             if overrides:  # no longer the named variant
@@ -65,13 +62,11 @@ def describe(config) -> str:
     size = "x".join(str(s) for s in sorted(set(config.image_size)))
     if config.name:
         return f"{config.name} at {size} px"
-    stem = ""
     if config.resnet is not None:
         stages = ",".join(map(str, config.resnet.num_layers)) or "root only"
-        stem = (f" on the ResNet stem ({stages}, width factor {config.resnet.width_factor:g}, stride "
-                f"{config.stem_stride}: {config.patch_size[0] * config.stem_stride}-px patches)")
-        return (f"a hybrid ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads{stem} at "
-                f"{size} px")
+        return (f"a hybrid ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads on the ResNet "
+                f"stem ({stages}, width factor {config.resnet.width_factor:g}, stride {config.stem_stride}: "
+                f"{config.patch_size[0] * config.stem_stride}-px patches) at {size} px")
     return (f"a ViT of width {config.width}, depth {config.depth}, {config.num_heads} heads, "
             f"{config.patch_size[0]}-px patches at {size} px")
 

@@ -472,17 +472,30 @@ def load_recipe(name_or_path: str = "digits", overrides: dict[str, Any] | None =
     return apply_overrides(config, overrides or {}).validate()
 
 
-def _is_hybrid(model: str) -> bool:
+def resnet_stem(config: TrainConfig):
+    """The hybrid's ResNet stem a fresh model of `config` gets: the variant's, with resnet_layers and
+    resnet_width_factor applied (on a plain variant they make it a hybrid); None for a plain ViT or a name that is
+    no variant (the model builder says so). A ValueError names an invalid stem."""
+    from ..configs import ResNetConfig
+
     try:
-        return variant_config(model).resnet is not None
-    except ValueError:  # not a variant name: the model builder says so
-        return False
+        stem = variant_config(config.model).resnet
+    except ValueError:
+        stem = None
+    changes = {"num_layers": None if config.resnet_layers is None else tuple(config.resnet_layers),
+               "width_factor": config.resnet_width_factor}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(stem or ResNetConfig(), **changes) if changes else stem
 
 
 def smoke(config: TrainConfig) -> TrainConfig:
     """Shrink any recipe to seconds (big_vision's `runlocal`): a tiny model, a few steps, small batches."""
     architecture = {} if config.init_from else dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8)
-    if not config.init_from and (config.resnet_layers is not None or _is_hybrid(config.model)):
+    try:
+        hybrid = resnet_stem(config) is not None
+    except ValueError:  # an invalid stem is still a stem; the shrink replaces it
+        hybrid = True
+    if not config.init_from and hybrid:
         # a hybrid: the root alone, narrow, and 1x1 patches of its stride-4 map (a 4x4 grid at 16 px)
         architecture.update(patch_size=1, resnet_layers=[], resnet_width_factor=0.5)
     if config.representation_size and not config.init_from:
