@@ -33,9 +33,16 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
                                           **overrides, **runtime)
             if overrides:  # no longer the named variant
                 model_config = model_config.replace(name=None)
-            return create_model(model_config)
+            model = create_model(model_config)
         except ValueError as e:
             raise UsageError(f"model {config.model!r}: {e}") from None
+        if config.attention_init == "mimetic":
+            from ..models.mimetic import mimetic_init_
+            mimetic_init_(model)
+        return model
+    if config.attention_init != "default":
+        raise UsageError(f"--init-from {config.init_from}: the weights come from the checkpoint; drop "
+                         f"--attention-init {config.attention_init}")
     fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
     if fixed:
         raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "

@@ -80,6 +80,9 @@ class TrainConfig:
                                          "GroupNorm, max-pool 3x3/2); set on a plain variant, it makes it a hybrid")
     resnet_width_factor: float | None = _f(None, "the hybrid's ResNet stem: root width 64 x this (a multiple of 0.5)",
                                            range=Range(0, 64, lo_open=True))
+    attention_init: str = _f("default", "a fresh model's attention weights: default (the original code's Xavier) or "
+                             "mimetic (query-key products near the identity, value-output near minus it: Trockman "
+                             "& Kolter 2023)")
     dropout: float = _f(0.0, "dropout after the position embeddings, attention output and MLP layers", range=RATE)
     attention_dropout: float = _f(0.0, "dropout on the attention weights", range=RATE)
     drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)", range=RATE)
@@ -235,7 +238,7 @@ class TrainConfig:
                        crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd"),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
                        interpolation=("bilinear", "bicubic", "nearest", None), pool=(*POOLS, None),
-                       on_nonfinite=("stop", "skip"))
+                       on_nonfinite=("stop", "skip"), attention_init=("default", "mimetic"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
