@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
     p.add_argument("--int8", choices=("static", "dynamic"),
                    help="ONNX only: quantise the checked float32 file with onnxruntime: static (QDQ, activations "
-                   "calibrated on --calibration images; the fastest int8 file for ONNX Runtime and OpenVINO) or "
-                   "dynamic (int8 weights, activations measured per call)")
+                   "calibrated on --calibration images; OpenVINO runs it as int8) or dynamic (int8 weights, activations "
+                   "measured per call). Which is faster depends on the CPU and the batch: "
+                   "README, Speed")
     p.add_argument("--calibration", metavar="DATA", help="with --int8 static: images to calibrate on (any data "
                    "`vitkit train --data` takes; drawn from its training split)")
     p.add_argument("--calibration-images", type=_args.positive_int, default=256, metavar="N",
