@@ -139,6 +139,32 @@ def test_vitkit_evaluate_returns_what_vitkit_eval_prints(folder_run, tmp_path, c
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == before  # output=None: no files
 
 
+def test_flip_averaging_is_the_mean_of_the_image_and_mirror_probabilities(folder_run, capsys):
+    """--flip: each image's probabilities averaged with its mirror image's; top-1 and loss follow from that mean."""
+    from vitkit.data.sources import open_data
+    from vitkit.eval.evaluate import eval_batches
+
+    result, data = folder_run
+    model = vitkit.load(result.run_dir / "model.safetensors").eval()
+    images = open_data(str(data), want_train=True, want_val=False, val_split="none", log=lambda m: None,
+                       progress=False).train
+    hits, loss, count = 0, 0.0, 0
+    with torch.no_grad():
+        for x, y in eval_batches(model, images, 64, 0):
+            p = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+            hits += int((p.argmax(1) == y).sum())
+            loss += float(-p[torch.arange(len(y)), y].log().sum())
+            count += len(y)
+    flipped = vitkit.evaluate(model, data, split="all", flip=True)
+    plain = vitkit.evaluate(model, data, split="all")
+    assert flipped["flip"] is True and plain["flip"] is False and flipped["images"] == count == 36
+    assert flipped["top1"] == pytest.approx(hits / count) and flipped["loss"] == pytest.approx(loss / count, rel=1e-5)
+    assert flipped["loss"] != pytest.approx(plain["loss"], rel=1e-6)  # the mirror images do count
+    assert main(["eval", str(result.run_dir), "--data", str(data), "--split", "all", "--flip", "--json",
+                 "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == flipped["top1"]
+
+
 def test_eval_of_imported_checkpoints_needs_nothing_else(tmp_path, capsys):
     """The same weights as a timm .pth (no names, no preprocessing) and as a Hugging Face folder."""
     result = train(tiny_config(tmp_path, steps=4), log=quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,8 +25,10 @@ def autocast(device: torch.device, precision: str = "fp32"):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device: torch.device | str | None = None,
              precision: str = "fp32", progress: bool = False, desc: str = "eval",
-             total: int | None = None) -> Counts:
-    """Counts (confusion matrix, top-5 hits, summed loss) of `model` over batches of (images, labels)."""
+             total: int | None = None, flip: bool = False) -> Counts:
+    """Counts (confusion matrix, top-5 hits, summed loss) of `model` over batches of (images, labels). With `flip`,
+    each image's class probabilities are the mean of the image's and its mirror image's (test-time flip averaging;
+    the loss is that of the averaged probabilities)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -35,9 +38,13 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
     try:
         for images, labels in tqdm(batches, desc=desc, total=total, disable=not progress, leave=False,
                                    dynamic_ncols=True, unit="batch"):
+            images = images.to(device, non_blocking=True)
             with autocast(device, precision):
-                logits = model(images.to(device, non_blocking=True))
-            counts.update(logits.float(), labels.to(logits.device))
+                logits = model(images).float()
+                if flip:  # log of the mean probability: a valid logit for top-k and cross-entropy
+                    mirrored = model(images.flip(-1)).float()
+                    logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
+            counts.update(logits, labels.to(logits.device))
     finally:
         model.train(was_training)
     return counts

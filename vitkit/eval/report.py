@@ -39,7 +39,7 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
                    val_fraction: float | None = None, val_per_class: int | None = None, split_seed: int | None = None,
                    limit_per_class: int | None = None, max_bad_fraction: float = 0.01,
                    few_shot: Sequence[int] | None = None, few_shot_draws: int = 5, batch_size: int = 64,
-                   num_workers: int = 0, precision: str = "fp32", device: str = "auto",
+                   num_workers: int = 0, precision: str = "fp32", flip: bool = False, device: str = "auto",
                    output: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                    progress: bool = False) -> Evaluation:
     """Evaluate `model` (loaded from `source`, a path or name, when it was; a run's model brings the run's data and
@@ -92,7 +92,7 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
             raise UsageError(str(e)) from None
         autocast = "fp32"  # activations stay float32 between the quantized layers
     result = evaluate(model, batches, model.num_classes, device, autocast, progress=progress,
-                      desc=f"eval {splits.val_name}", total=len(batches)).result()
+                      desc=f"eval {splits.val_name}", total=len(batches), flip=flip).result()
 
     confusion, has_other = restrict_confusion(result.confusion, label_map)
     totals = confusion.sum(axis=1)
@@ -101,7 +101,7 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
     columns = names + (["other"] if has_other else [])
     results = {
         "checkpoint": source, "data": str(data), "split": splits.val_name, "images": result.count,
-        "precision": precision, "top1": result.top1, "top5": result.top5, "loss": result.loss,
+        "precision": precision, "flip": flip, "top1": result.top1, "top5": result.top5, "loss": result.loss,
         "per_class": {name: (float(hit / total) if total > 0 else None)
                       for name, hit, total in zip(names, hits, totals)},
         "confusion": {"classes": columns, "matrix": confusion.tolist()},
