@@ -165,6 +165,21 @@ def test_flip_averaging_is_the_mean_of_the_image_and_mirror_probabilities(folder
     assert json.loads(capsys.readouterr().out)["top1"] == flipped["top1"]
 
 
+def test_an_unusable_output_folder_is_refused_before_evaluating(folder_run, tmp_path, monkeypatch):
+    """vitkit.evaluate(output=...) checks the folder first, as `vitkit eval -o` does: no evaluation is wasted."""
+    import vitkit.training.holdout as holdout
+
+    result, data = folder_run
+    calls = []
+    monkeypatch.setattr(holdout, "open_eval_set", lambda *a, **k: calls.append(1))  # the images are never opened
+    with pytest.raises(UsageError, match="does not exist"):
+        vitkit.evaluate(result.run_dir, output=tmp_path / "missing" / "eval")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        vitkit.evaluate(result.run_dir, output=tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "x" and not calls
+
+
 def test_eval_of_imported_checkpoints_needs_nothing_else(tmp_path, capsys):
     """The same weights as a timm .pth (no names, no preprocessing) and as a Hugging Face folder."""
     result = train(tiny_config(tmp_path, steps=4), log=quiet)

@@ -61,10 +61,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..api import evaluation
 
-    if args.output:
-        from ._outputs import check_output_folder
-
-        check_output_folder(Path(args.output))
     shots = None
     if args.few_shot:
         from ..eval.fewshot import parse_shots

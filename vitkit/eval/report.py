@@ -52,6 +52,10 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
     from ..training.run_folder import run_dir_of
 
     say = log or (lambda message: None)
+    if output is not None and str(output) != "auto":  # before the work, not after it
+        from ..commands._outputs import check_output_folder
+
+        check_output_folder(Path(output))
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise UsageError(f"--precision {precision}: expected fp32, bf16, fp16 or int8")
     shots = None if few_shot is None else [int(k) for k in few_shot]
