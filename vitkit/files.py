@@ -1,6 +1,6 @@
 """Atomic writes, without torch: a temporary file beside the target, fsynced, then renamed over it (and the folder
 fsynced), so a crash leaves either the old file or the new one, never half of one. Used by checkpoints, exports
-and downloads."""
+and downloads. Also the checks of an output's place that the commands and the Python API share."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import UsageError
 
 
 def fsync_dir(folder: Path) -> None:
@@ -82,3 +84,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_parent(path: Path) -> None:
+    """An output's folder must exist already: vitkit creates no missing parent folders."""
+    parent = path.parent
+    if not parent.exists():
+        raise UsageError(f"{path}: the folder {parent} does not exist (vitkit creates no folders for its output)")
+    if not parent.is_dir():
+        raise UsageError(f"{path}: {parent} is not a folder")
+
+
+def check_output_folder(path: Path) -> None:
+    """A folder results are written into (eval's -o, `vitkit.evaluate(output=...)`): made if absent, but its parent
+    must exist."""
+    check_parent(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file; -o/--output names a folder here")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
+from ..files import check_parent
 
 CHECKPOINT_SUFFIXES = {  # suffix -> the formats `convert` may write under it (the first is the default)
     ".safetensors": ("vitkit", "timm", "torchvision"),
@@ -79,17 +80,9 @@ def check_source(source) -> None:
         resolve_source(source)  # raises for what is none of these; touches nothing
 
 
-def _check_parent(path: Path) -> None:
-    parent = path.parent
-    if not parent.exists():
-        raise UsageError(f"{path}: the folder {parent} does not exist (vitkit creates no folders for its output)")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: {parent} is not a folder")
-
-
 def check_file_target(path: Path, force: bool) -> None:
     """A file may be written at `path`: its folder exists, and nothing is there unless --force replaces a file."""
-    _check_parent(path)
+    check_parent(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")
     if (path.exists() or path.is_symlink()) and not force:
@@ -99,7 +92,7 @@ def check_file_target(path: Path, force: bool) -> None:
 def check_folder_target(path: Path, force: bool) -> None:
     """An HF folder may be written at `path`: its parent exists, and `path` is absent, empty, or (with --force)
     holds only the files of an HF model folder. A folder holding anything else is refused even with --force."""
-    _check_parent(path)
+    check_parent(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file; a Hugging Face folder needs a new or empty folder path")
     if not path.is_dir():
@@ -147,16 +140,9 @@ def write_folder_atomically(path: Path, write: Callable[[Path], object]) -> None
                 shutil.rmtree(old)
 
 
-def check_output_folder(path: Path) -> None:
-    """A folder a command writes its results into (eval's -o): made if absent, but its parent must exist."""
-    _check_parent(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} is a file; -o/--output names a folder here")
-
-
 def check_output_file(path: Path) -> None:
     """A file a command writes (inspect's PNG and --arrays): its folder exists and it is not itself a folder. Such
     result files are replaced when they exist, as a plot is redrawn (unlike convert's and export's models)."""
-    _check_parent(path)
+    check_parent(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")

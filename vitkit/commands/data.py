@@ -50,7 +50,7 @@ def run_pack(args) -> int:
     from ..data.shards import pack_shards
     from ..errors import UsageError
     from . import _args
-    from ._outputs import check_output_folder
+    from ..files import check_output_folder
 
     if args.out and args.output:
         raise UsageError(f"the output is given twice ({args.out} and -o {args.output}); give it once, with -o")

@@ -53,7 +53,7 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
 
     say = log or (lambda message: None)
     if output is not None and str(output) != "auto":  # before the work, not after it
-        from ..commands._outputs import check_output_folder
+        from ..files import check_output_folder
 
         check_output_folder(Path(output))
     if precision not in ("fp32", "bf16", "fp16", "int8"):
