@@ -45,9 +45,9 @@ def mimetic_init_(model: nn.Module, qk: tuple[float, float] = QK, vo: tuple[floa
 
         for h in range(heads):
             q, k = _factors(qk[0] * noise() + qk[1] * eye, dim)
-            rows = slice(h * dim, (h + 1) * dim)
-            weight[rows] = q.to(weight.dtype)
-            weight[width + h * dim:width + (h + 1) * dim] = k.to(weight.dtype)
+            start = h * dim  # head h's rows of the query kernel; its key rows are `width` further down
+            weight[start:start + dim] = q.to(weight.dtype)
+            weight[width + start:width + start + dim] = k.to(weight.dtype)
         # out = x W_v^T W_o^T = x (W_o W_v)^T: W_o = A^T, W_v = B with A^T B = a2 Z - b2 I
         o, v = _factors(vo[0] * noise() - vo[1] * eye, width)
         weight[2 * width:] = v.to(weight.dtype)
