@@ -40,9 +40,6 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
             from ..models.mimetic import mimetic_init_
             mimetic_init_(model)
         return model
-    if config.attention_init != "default":
-        raise UsageError(f"--init-from {config.init_from}: the weights come from the checkpoint; drop "
-                         f"--attention-init {config.attention_init}")
     fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
     if fixed:
         raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "

@@ -301,6 +301,9 @@ class TrainConfig:
             fail(f"fsdp_param_dtype={self.fsdp_param_dtype} needs parallel='fsdp' (with DDP use precision='bf16')")
         if self.parallel == "fsdp" and self.ema_decay > 0:
             fail("ema_decay needs parallel='ddp' (the weight average of a sharded model is not implemented)")
+        if self.init_from is not None and self.attention_init != "default":
+            fail(f"init_from={self.init_from}: the weights come from the checkpoint; drop --attention-init "
+                 f"{self.attention_init} (it sets a fresh model's attention weights)")
         from ..data.shards import is_shard_spec
 
         if is_shard_spec(self.data):
