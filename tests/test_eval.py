@@ -165,6 +165,28 @@ def test_flip_averaging_is_the_mean_of_the_image_and_mirror_probabilities(folder
     assert json.loads(capsys.readouterr().out)["top1"] == flipped["top1"]
 
 
+def test_a_run_with_eval_flip_evaluates_flip_averaged_and_eval_of_it_follows(tmp_path, capsys):
+    """eval_flip: the run's evaluations average each image with its mirror image (recorded as such), and `vitkit
+    eval RUN` does the same unless told --no-flip, which gives the single-view figure."""
+    data = write_image_folder(tmp_path / "data", classes=("cat", "dog", "fish"), per_class=12, size=8)
+    result = train(tiny_config(tmp_path, data=str(data), steps=6, batch_size=8, val_per_class=3, crop="resize",
+                               lr=5e-3, eval_flip=True), log=quiet)
+    evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    assert evals and all(r["flip"] is True for r in evals)
+    followed = vitkit.evaluate(result.run_dir)
+    assert followed["flip"] is True and followed["loss"] == pytest.approx(evals[-1]["loss"], rel=1e-5)
+    model = vitkit.load(result.run_dir / "model.safetensors")
+    single = vitkit.evaluate(result.run_dir, flip=False)
+    assert single["flip"] is False and single["loss"] != pytest.approx(followed["loss"], rel=1e-6)
+    assert main(["eval", str(result.run_dir), "--no-flip", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(single["loss"])
+    assert main(["eval", str(result.run_dir), "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "flip-averaged" in out.out and "as the run evaluated" in out.err + out.out
+    assert vitkit.evaluate(model, data, split="all")["flip"] is False  # a bare model has no run to follow
+
+
 def test_an_unusable_output_folder_is_refused_before_evaluating(folder_run, tmp_path, monkeypatch):
     """vitkit.evaluate(output=...) checks the folder first, as `vitkit eval -o` does: no evaluation is wasted."""
     import vitkit.training.holdout as holdout

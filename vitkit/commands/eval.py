@@ -41,8 +41,9 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
                    help="fp32; bf16 or fp16 autocast; int8: the dense layers quantized by torchao (dynamic int8, "
                    "CPU only), to see what quantization costs in accuracy")
-    p.add_argument("--flip", action="store_true", help="test-time flip averaging: each image's probabilities are "
-                   "the mean of the image's and its mirror image's (twice the compute)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time flip averaging: each image's probabilities are the mean of the image's and its "
+                   "mirror image's (twice the compute); default: as the run evaluated (its eval_flip), else off")
     _args.add_output(p, "the folder to write results.json and confusion.png into (made if absent, its parent must "
                      "exist; default: RUN/eval-<split> for a run's model, else eval-<model name>)", "--out")
     _args.add_json(p, "print the results as JSON on stdout")
@@ -80,7 +81,7 @@ def run(args) -> int:
         say(f"wrote {wrote}")
         return 0
     shown_precision = "" if args.precision == "fp32" else f", {args.precision}"
-    shown_precision += ", flip-averaged" if args.flip else ""
+    shown_precision += ", flip-averaged" if report["flip"] else ""
     print(f"{Path(args.model)} on {report['data']} ({report['split']}, {report['images']:,} images{shown_precision}):")
     print(f"  top-1 {100 * report['top1']:.2f}%   top-5 {100 * report['top5']:.2f}%   loss {report['loss']:.4f}")
     names = list(report["per_class"])

@@ -39,12 +39,13 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
                    val_fraction: float | None = None, val_per_class: int | None = None, split_seed: int | None = None,
                    limit_per_class: int | None = None, max_bad_fraction: float = 0.01,
                    few_shot: Sequence[int] | None = None, few_shot_draws: int = 5, batch_size: int = 64,
-                   num_workers: int = 0, precision: str = "fp32", flip: bool = False, device: str = "auto",
+                   num_workers: int = 0, precision: str = "fp32", flip: bool | None = None, device: str = "auto",
                    output: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                    progress: bool = False) -> Evaluation:
     """Evaluate `model` (loaded from `source`, a path or name, when it was; a run's model brings the run's data and
     evaluation split). output: None writes nothing, "auto" the default folder (`default_folder`), else that folder
-    (made if absent). `log` receives the status lines (a note on what the images are, "wrote ..."); default silent.
+    (made if absent). flip: test-time flip averaging; None: as the run evaluated (its `eval_flip`), else off.
+    `log` receives the status lines (a note on what the images are, "wrote ..."); default silent.
     The errors are one-line UsageErrors named by the command's flags."""
     from .evaluate import eval_batches, evaluate, match_classes, plot_confusion, restrict_confusion
     from ..training.distributed import pick_device
@@ -70,6 +71,10 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
             run_config = load_run_config(run_dir)
         except (UsageError, ValueError):
             run_config = None
+    if flip is None:
+        flip = bool(getattr(run_config, "eval_flip", False))
+        if flip:
+            say("note: flip-averaged, as the run evaluated (eval_flip in its config); --no-flip for one view")
     chosen = open_eval_set(None if data is None else str(data), run_dir=run_dir, run_config=run_config, split=split,
                            want_train=shots is not None, val_fraction=val_fraction, val_per_class=val_per_class,
                            split_seed=split_seed, limit_per_class=limit_per_class,

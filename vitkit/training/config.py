@@ -165,6 +165,9 @@ class TrainConfig:
     log_every: int = _f(10, "steps between log lines", range=AT_LEAST_ONE)
     eval_every: int = _f(0, "steps between evaluations; 0: once per epoch; -1: only at the end",
                          range=Range(-1, integer=True))
+    eval_flip: bool = _f(False, "evaluate with test-time flip averaging: each image's class probabilities averaged "
+                         "with its mirror image's (twice the evaluation's compute); vitkit eval of the run does "
+                         "the same unless told --no-flip")
     eval_batch_size: int | None = _f(None, "batch size of evaluation; default: batch_size / accum_steps",
                                      range=AT_LEAST_ONE)
     checkpoint_every: int = _f(0, "steps between checkpoints; 0: only at the end", range=COUNT)

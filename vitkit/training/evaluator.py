@@ -16,7 +16,8 @@ from . import distributed
 class Evaluator:
     def __init__(self, model, ema, ema_model, batches, split_name: str, num_classes: int, precision: str,
                  info: distributed.DistInfo, metrics, clock, started: float, *, every_steps: int,
-                 every_minutes: float, steps_per_epoch: int, progress: bool, sharded: bool = False):
+                 every_minutes: float, steps_per_epoch: int, progress: bool, sharded: bool = False,
+                 flip: bool = False):
         self.model, self.ema, self.ema_model = model, ema, ema_model
         self.batches = batches  # None: the run has no evaluation split
         self.split_name = split_name
@@ -27,6 +28,7 @@ class Evaluator:
         self.steps_per_epoch = steps_per_epoch
         self.progress = progress
         self.sharded = sharded  # FSDP: every rank runs as many forward passes as the others
+        self.flip = flip  # test-time flip averaging
         self.next_timed = ((math.floor(clock.seconds() / self.interval) + 1) * self.interval
                            if self.interval else None)
 
@@ -60,11 +62,12 @@ class Evaluator:
                 batches = lockstep(self.batches, net, self.info, example)
             counts = evaluate(net, batches, self.num_classes, self.info.device, self.precision,
                               progress=self.progress and len(self.batches) >= 20, desc=f"eval {self.split_name}",
-                              total=len(self.batches))
+                              total=len(self.batches), flip=self.flip)
             distributed.all_reduce_sum(counts.tensors(), self.info)
             result = counts.result()
             self.metrics.write({"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                                "split": self.split_name, "weights": weights, **result.summary()})
+                                "split": self.split_name, "weights": weights, **({"flip": True} if self.flip else {}),
+                                **result.summary()})
             results.append(result)
         self.model.train()
         return results[0], results[1]

@@ -504,7 +504,8 @@ class _Run:
                                    self.num_classes, c.precision, info, self.metrics, self.clock, self.started,
                                    every_steps=self.steps_per_epoch if c.eval_every == 0 else c.eval_every,
                                    every_minutes=c.eval_every_minutes, steps_per_epoch=self.steps_per_epoch,
-                                   progress=c.progress and self.main, sharded=self.sharded)
+                                   progress=c.progress and self.main, sharded=self.sharded,
+                                   flip=c.eval_flip)
         if self.sharded:  # every rank writes its shard
             def write(run_dir, step, state, keep):
                 return write_sharded_checkpoint(run_dir, step, model, self.optimizer, state, info, keep=keep)
@@ -568,7 +569,7 @@ class _Run:
         if final is not None:
             hits = int(round(final.top1 * final.count))
             line = (f"{splits.val_name} accuracy {100 * final.top1:.2f}% ({hits}/{final.count}), "
-                    f"top-5 {100 * final.top5:.2f}%")
+                    f"top-5 {100 * final.top5:.2f}%" + (" (flip-averaged: eval_flip)" if self.config.eval_flip else ""))
             if final_ema is not None:
                 line += f"; EMA weights {100 * final_ema.top1:.2f}%"
             self.say(line)
