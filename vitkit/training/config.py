@@ -111,12 +111,13 @@ class TrainConfig:
                                "to 1/3 of the area, as timm)", range=SHARE)
 
     # -------------------------------------------------------------------------------------- optimisation
-    optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training) or sgd "
-                        "(momentum, the paper's fine-tuning)")
+    optimizer: str = _f("adam", "adam (Adam with decoupled weight decay, the paper's pre-training), sgd "
+                        "(momentum, the paper's fine-tuning) or muon (Muon on the encoder blocks' weight matrices, "
+                        "AdamW on the rest)")
     lr: float = _f(1e-3, "peak learning rate", range=POSITIVE)
     beta1: float = _f(0.9, "Adam beta1", range=RATE)
     beta2: float = _f(0.999, "Adam beta2", range=RATE)
-    momentum: float = _f(0.9, "SGD momentum", range=RATE)
+    momentum: float = _f(0.9, "SGD's momentum, and Muon's (0.95 is Muon's usual)", range=RATE)
     weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token",
                              range=NON_NEGATIVE)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)", range=NON_NEGATIVE)
@@ -238,7 +239,7 @@ class TrainConfig:
             raise UsageError(f"invalid training config: {msg}")
 
         choices = dict(val_split=("auto", "holdout", "none"), cache_images=("auto", "yes", "no"),
-                       crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd"),
+                       crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd", "muon"),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
                        interpolation=("bilinear", "bicubic", "nearest", None), pool=(*POOLS, None),
                        on_nonfinite=("stop", "skip"), attention_init=("default", "mimetic"))
@@ -302,6 +303,9 @@ class TrainConfig:
             fail(f"fsdp_param_dtype={self.fsdp_param_dtype!r}, expected one of fp32, bf16")
         if self.fsdp_param_dtype != "fp32" and self.parallel != "fsdp":
             fail(f"fsdp_param_dtype={self.fsdp_param_dtype} needs parallel='fsdp' (with DDP use precision='bf16')")
+        if self.parallel == "fsdp" and self.optimizer == "muon":
+            fail("optimizer='muon' needs parallel='ddp' (Muon orthogonalises whole weight matrices, which FSDP "
+                 "shards)")
         if self.parallel == "fsdp" and self.ema_decay > 0:
             fail("ema_decay needs parallel='ddp' (the weight average of a sharded model is not implemented)")
         if self.init_from is not None and self.attention_init != "default":

@@ -2,7 +2,8 @@
 
 Pre-training: Adam (beta1 0.9, beta2 0.999) with decoupled weight decay (AdamW), not applied to biases, norms,
 position embeddings or the class token; a linear warm-up, then linear or cosine decay. Fine-tuning: SGD with
-momentum 0.9, no weight decay, cosine decay. Both clip the global gradient norm at 1.
+momentum 0.9, no weight decay, cosine decay. Both clip the global gradient norm at 1. Beyond the paper: Muon
+(Jordan et al. 2024) for the encoder's weight matrices.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class OptimizerSettings:
     """What the optimizer needs from the training config (a small piece of it, so the flow of each value is
     visible: the recipe's `lr` reaches the optimizer through `from_config` and nowhere else)."""
-    optimizer: str  # "adam" (AdamW: decoupled weight decay) or "sgd" (with momentum)
+    optimizer: str  # "adam" (AdamW: decoupled weight decay), "sgd" (with momentum) or "muon" (Muon and AdamW)
     lr: float  # the peak rate; the schedule sets each step's
     weight_decay: float  # on the "decay" group only (see param_groups)
     beta1: float  # Adam's
     beta2: float
-    momentum: float  # SGD's
+    momentum: float  # SGD's and Muon's
 
     @classmethod
     def from_config(cls, c) -> "OptimizerSettings":
@@ -48,15 +49,128 @@ class OptimizerSettings:
                    momentum=c.momentum)
 
 
-def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], settings: OptimizerSettings) -> torch.optim.AdamW:
+    kwargs = dict(lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=1e-8, weight_decay=settings.weight_decay)
+    try:  # one fused kernel for the whole update (CPU and CUDA); AdamW refuses devices and dtypes it lacks
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def muon_parameters(model: nn.Module) -> list[str]:
+    """The parameters Muon updates: the weight matrices of the encoder blocks (attention's qkv and output
+    projections, the MLP's two layers). Embeddings, the stem, norms, biases and the head stay with AdamW, as Muon's
+    authors advise."""
+    return [name for name, param in model.named_parameters()
+            if param.requires_grad and param.ndim == 2 and name.startswith("blocks.") and name.endswith(".weight")]
+
+
+def _orthogonalise(updates: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int,
+                   eps: float) -> list[torch.Tensor]:
+    """torch.optim.Muon's Newton-Schulz iteration (in bfloat16, each matrix taken with no more rows than
+    columns, scaled to unit Frobenius norm), run on a stack of same-shaped matrices at once: 15 batched products
+    instead of 15 per matrix."""
+    a, b, c = coefficients
+    tall = updates[0].size(0) > updates[0].size(1)
+    x = torch.stack([u.T if tall else u for u in updates]).bfloat16()  # (n, rows, cols), rows <= cols
+    x = x / x.flatten(1).norm(dim=1).clamp(min=eps)[:, None, None]
+    for _ in range(steps):
+        gram = x @ x.mT  # (n, rows, rows)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return [o.T if tall else o for o in x.unbind(0)]
+
+
+def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """Muon's per-matrix scale of the learning rate, as torch.optim.Muon's `adjust_lr_fn` names it."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":  # the RMS of an AdamW step (Liu et al. 2025)
+        return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1.0, rows / cols))
+    raise ValueError(f"unknown adjust_lr_fn {adjust_lr_fn!r}")
+
+
+class BatchedMuon(torch.optim.Muon):
+    """torch.optim.Muon (same settings, same state, same update) with the orthogonalisation of same-shaped
+    matrices batched (a ViT has a few shapes, each repeated in every block)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("BatchedMuon.step takes no closure")
+        for group in self.param_groups:
+            params, grads, buffers = [], [], []
+            self._init_group(group, params, grads, buffers)
+            lr, decay, momentum = float(group["lr"]), group["weight_decay"], group["momentum"]
+            updates = []
+            for grad, buffer in zip(grads, buffers):
+                buffer.lerp_(grad, 1 - momentum)
+                updates.append(grad.lerp(buffer, momentum) if group["nesterov"] else buffer)
+            same_shape: dict[tuple[int, int], list[int]] = {}
+            for i, update in enumerate(updates):
+                same_shape.setdefault(tuple(update.shape), []).append(i)
+            for indices in same_shape.values():
+                ortho = _orthogonalise([updates[i] for i in indices], group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"])
+                for i, update in zip(indices, ortho):
+                    params[i].mul_(1 - lr * decay)
+                    params[i].add_(update, alpha=-lr * _muon_lr_ratio(group["adjust_lr_fn"], params[i].shape))
+
+
+class MuonAdamW:
+    """Muon (`torch.optim.Muon`, batched: momentum, then the update orthogonalised by a Newton-Schulz iteration) for the
+    encoder blocks' weight matrices and AdamW for every other parameter, as one optimizer: `param_groups` are both
+    optimizers' groups (the schedule sets each one's `lr`), `state_dict()` holds both. Muon's step is scaled to the
+    RMS of an AdamW step ("match_rms_adamw", Liu et al. 2025), so both take the same learning rate and decay."""
+
+    def __init__(self, model: nn.Module, settings: OptimizerSettings):
+        chosen = set(muon_parameters(model))
+        if not chosen:
+            raise ValueError("optimizer 'muon': the model has no encoder weight matrices for Muon")
+        named = dict(model.named_parameters())
+        matrices = [named[name] for name in named if name in chosen]
+        self.muon = BatchedMuon([{"params": matrices, "name": "muon"}], lr=settings.lr,
+                                     weight_decay=settings.weight_decay, momentum=settings.momentum, nesterov=True,
+                                     adjust_lr_fn="match_rms_adamw")
+        rest = [dict(group, params=[p for p in group["params"] if all(p is not m for m in matrices)])
+                for group in param_groups(model, settings.weight_decay)]
+        self.adamw = _adamw([g for g in rest if g["params"]], settings)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.muon.state, **self.adamw.state}
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MuonAdamW.step takes no closure")
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"muon", "adamw"}:
+            raise ValueError("not the state of optimizer 'muon' (expected its 'muon' and 'adamw' parts)")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def build_optimizer(model: nn.Module, settings: OptimizerSettings):
+    """torch.optim.AdamW or SGD over `param_groups`, or a `MuonAdamW`."""
+    if settings.optimizer == "muon":
+        return MuonAdamW(model, settings)
     groups = param_groups(model, settings.weight_decay)
     if settings.optimizer == "adam":
-        kwargs = dict(lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=1e-8,
-                      weight_decay=settings.weight_decay)
-        try:  # one fused kernel for the whole update (CPU and CUDA); AdamW refuses devices and dtypes it lacks
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, ValueError):
-            return torch.optim.AdamW(groups, **kwargs)
+        return _adamw(groups, settings)
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
