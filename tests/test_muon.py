@@ -90,3 +90,13 @@ def test_a_muon_run_resumes_to_the_same_losses_and_a_changed_optimizer_is_named(
 def test_muon_with_fsdp_is_refused():
     with pytest.raises(UsageError, match="optimizer='muon' needs parallel='ddp'"):
         tiny_config(__import__("pathlib").Path("/nonexistent"), optimizer="muon", parallel="fsdp").validate()
+
+
+def test_two_ddp_processes_step_muon_as_one_process_does(tmp_path):
+    """torchrun --nproc-per-node 2: the averaged gradients orthogonalised on each rank give one process's steps."""
+    from test_distributed_mixing import run_both
+
+    single, ddp = run_both(tmp_path, "muon", dict(steps=4, warmup_steps=1, optimizer="muon", momentum=0.95, lr=0.02,
+                                                 weight_decay=1e-4, limit_per_class=6, seed=3, batch_size=8))
+    assert len(single) == 4 and ddp == pytest.approx(single, rel=1e-4, abs=1e-6)
+    assert single[-1] != single[0]
