@@ -276,7 +276,7 @@ def test_the_benchmark_reads_a_runs_curve_and_draws_it(fast_run, tmp_path):
     data = bench.write_results([{"recipe": "cifar10-fast", **info}], tmp_path, {"minutes": 1})
     assert (tmp_path / bench.RESULTS_FILE).is_file()
     assert (tmp_path / bench.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(data["runs"][0]["minutes_to"]) == {"50%", "60%", "70%", "75%", "80%"}
+    assert set(data["runs"][0]["minutes_to"]) == {"50%", "60%", "70%", "75%", "80%", "85%"}
     # two benchmark folders (runs side by side on one core each; one run with two threads) merged into one figure
     run = {"recipe": "cifar10-fast", "run_dir": str(result.run_dir)}
     for folder, mode in (("a", "together"), ("b", "sequential")):

@@ -20,7 +20,7 @@ from vitkit.data.shards import pack_shards
 from vitkit.errors import UsageError
 from vitkit.training.checkpoint import list_checkpoints
 from vitkit.training.parallel import is_sharded_checkpoint
-from vitkit.training.trainer import load_run_config, train
+from vitkit.training.trainer import train
 
 from test_train import TINY, tiny_config
 
@@ -113,8 +113,11 @@ def test_an_fsdp_checkpoint_saved_on_two_ranks_resumes_on_one(runs):
     shutil.copytree(runs["fsdp"], run)
     shutil.rmtree(run / "checkpoints" / "step_00000004")
     (run / "model.safetensors").unlink()
-    result = train(load_run_config(run), resume=run, log=quiet)
-    assert result.finished and json.loads((run / "run.json").read_text())["world_size"] == 1
+    # a process of its own, as a user's resume is (run inside a test worker that had hosted other tests, the
+    # worker was seen to die without a trace: see the stop notes of 2026-12-03)
+    resumed = launch(runs["tmp"], ["--resume", str(run), "--num-workers", "0"], ranks=1)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["world_size"] == 1
     assert losses(run) == pytest.approx(losses(runs["fsdp"]), rel=1e-5, abs=1e-6)
     a = vitkit.load(runs["fsdp"] / "model.safetensors").state_dict()
     b = vitkit.load(run / "model.safetensors").state_dict()
