@@ -51,7 +51,8 @@ def launch(tmp_path: Path, args: list[str], ranks: int = 2, env: dict | None = N
     prefix = [*torchrun(), "--standalone", "--nproc-per-node", str(ranks), "-m", "vitkit"] if ranks > 1 \
         else [sys.executable, "-m", "vitkit"]
     return subprocess.run([*prefix, "train", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=600)
+                          timeout=600, start_new_session=True)  # (its own process group: nothing it signals there
+    # reaches the test worker, which was seen to die without a trace while this module ran)
 
 
 @pytest.fixture(scope="module")
