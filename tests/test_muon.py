@@ -78,7 +78,8 @@ def test_a_muon_run_resumes_to_the_same_losses_and_a_changed_optimizer_is_named(
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 3]
     assert main(["train", "--resume", str(run), "--progress", "false", "--num-workers", "0"]) == 0
     assert [r["loss"] for r in train_records(run)] == [r["loss"] for r in train_records(full.run_dir)]
-    a, b = vitkit.load(full.run_dir / "model.safetensors").state_dict(), vitkit.load(run / "model.safetensors").state_dict()
+    a = vitkit.load(full.run_dir / "model.safetensors").state_dict()
+    b = vitkit.load(run / "model.safetensors").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [r["loss"] for r in train_records(full.run_dir)]
     assert losses[-1] < losses[0]

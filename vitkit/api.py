@@ -213,8 +213,8 @@ def evaluate(model_or_path, data: str | os.PathLike | None = None, *, num_heads:
     flags: limit_per_class, max_bad_fraction (0.01), few_shot=[1, 5, ...] with few_shot_draws (5) for the paper's
     few-shot linear evaluation and a linear probe, batch_size (64), num_workers (0), precision ("fp32", "bf16",
     "fp16", or "int8": the dense layers quantized, CPU only), flip (True averages each image's probabilities
-    with its mirror image's; default: as the run evaluated, its eval_flip, else False), device ("auto"), progress (False); output: None writes
-    nothing, "auto" `vitkit eval`'s folder (RUN/eval-<split>, else eval-<model name>), or a folder, for results.json
+    with its mirror image's; default: as the run evaluated, its eval_flip, else False), device ("auto"), progress
+    (False); output: None writes nothing, "auto" `vitkit eval`'s folder (RUN/eval-<split>, else eval-<model name>), or a folder, for results.json
     and confusion.png; log: a function receiving the status lines (default: none).
     """
     return evaluation(model_or_path, data, num_heads=num_heads, pool=pool, **options).results

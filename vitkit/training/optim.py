@@ -118,8 +118,8 @@ class BatchedMuon(torch.optim.Muon):
 
 
 class MuonAdamW:
-    """Muon (`torch.optim.Muon`, batched: momentum, then the update orthogonalised by a Newton-Schulz iteration) for the
-    encoder blocks' weight matrices and AdamW for every other parameter, as one optimizer: `param_groups` are both
+    """Muon (`BatchedMuon`: momentum, then the update orthogonalised by a Newton-Schulz iteration) for the encoder
+    blocks' weight matrices and AdamW for every other parameter, as one optimizer: `param_groups` are both
     optimizers' groups (the schedule sets each one's `lr`), `state_dict()` holds both. Muon's step is scaled to the
     RMS of an AdamW step ("match_rms_adamw", Liu et al. 2025), so both take the same learning rate and decay."""
 
@@ -127,12 +127,12 @@ class MuonAdamW:
         chosen = set(muon_parameters(model))
         if not chosen:
             raise ValueError("optimizer 'muon': the model has no encoder weight matrices for Muon")
-        named = dict(model.named_parameters())
-        matrices = [named[name] for name in named if name in chosen]
+        matrices = [param for name, param in model.named_parameters() if name in chosen]
         self.muon = BatchedMuon([{"params": matrices, "name": "muon"}], lr=settings.lr,
-                                     weight_decay=settings.weight_decay, momentum=settings.momentum, nesterov=True,
-                                     adjust_lr_fn="match_rms_adamw")
-        rest = [dict(group, params=[p for p in group["params"] if all(p is not m for m in matrices)])
+                                weight_decay=settings.weight_decay, momentum=settings.momentum, nesterov=True,
+                                adjust_lr_fn="match_rms_adamw")
+        taken = {id(param) for param in matrices}
+        rest = [dict(group, params=[p for p in group["params"] if id(p) not in taken])
                 for group in param_groups(model, settings.weight_decay)]
         self.adamw = _adamw([g for g in rest if g["params"]], settings)
 
