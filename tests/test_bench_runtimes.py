@@ -4,8 +4,10 @@ one round: plumbing, never speed."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,25 @@ def test_runtime_rows_in_every_precision():
     assert report["machine"]["onnxruntime"] and report["machine"]["openvino"]
     table = format_report(report)
     assert "int8 static QDQ (quantize_static)" in table and "openvino" in table
+    # OpenVINO's Cores swap the thread's signal stack; left on freed memory, the next signal (a child process
+    # ending) kills this process with SIGSEGV, as it killed test workers here
+    assert signal_stack_is_usable(), "the thread's signal stack (sigaltstack) points at unmapped memory"
+
+
+def signal_stack_is_usable() -> bool:
+    """Whether the calling thread's alternate signal stack is off or lies in mapped, writable memory (Linux)."""
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    if not stack.sp or stack.flags & 2:  # SS_DISABLE
+        return True
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= stack.sp and stack.sp + stack.size <= end:
+            return "w" in line.split()[1]
+    return False
 
 
 def test_cli_accepts_runtime_peers(tmp_path, capsys):
