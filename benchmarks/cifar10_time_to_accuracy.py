@@ -239,6 +239,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    ends = []
     for run in results:
         curve = run.get("curve") or []
         if not curve:
@@ -250,8 +251,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             ax.plot([p["minutes"] for p in curve], [100 * p.get("top1_ema", float("nan")) for p in curve],
                     ls="--", lw=1, color=line.get_color(), alpha=0.7, label=f"{name(run)}, EMA weights")
         last = curve[-1]
-        ax.annotate(f"{100 * best(last):.1f}%", (last["minutes"], 100 * best(last)), textcoords="offset points",
-                    xytext=(4, -3), fontsize=8, color=line.get_color())
+        ends.append((100 * best(last), last["minutes"], line.get_color()))
+    floor = -float("inf")  # the final accuracies at the curves' ends, spread apart so that none hides another
+    for y, x, color in sorted(ends):
+        floor = max(y, floor + 2.2)
+        ax.annotate(f"{y:.1f}%", (x, y), xytext=(4, floor), textcoords=("offset points", "data"), fontsize=8,
+                    va="center", color=color)
+    ax.set_ylim(top=max(ax.get_ylim()[1], floor + 2))
     for target in (75, 80, 85):
         ax.axhline(target, color="grey", lw=0.7, ls=":")
     ax.set_xlabel("training minutes (wall clock, evaluations not counted)")
