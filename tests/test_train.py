@@ -317,13 +317,18 @@ def test_weight_decay_spares_biases_norms_positions_and_class_token():
                        "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight", "head.weight"}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
     settings = OptimizerSettings.from_config(TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.1))
-    assert settings == OptimizerSettings("adam", 3e-3, 0.1, 0.9, 0.999, 0.9)
+    assert settings == OptimizerSettings("adam", 3e-3, 0.1, 0.9, 0.999, None)
     adam = build_optimizer(model, settings)
     assert isinstance(adam, torch.optim.AdamW) and adam.defaults["betas"] == (0.9, 0.999)
     assert adam.defaults["lr"] == 3e-3 and [g["weight_decay"] for g in adam.param_groups] == [0.1, 0.0]
     sgd = build_optimizer(model, OptimizerSettings.from_config(TrainConfig(optimizer="sgd", momentum=0.9,
                                                                            weight_decay=0.0)))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    # a momentum left unset is each optimizer's usual one (torch.optim.Muon's default for Muon); a set one is kept
+    unset = {name: OptimizerSettings.from_config(TrainConfig(optimizer=name)).momentum for name in ("sgd", "muon")}
+    assert unset == {"sgd": 0.9, "muon": 0.95}
+    assert torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).defaults["momentum"] == 0.95  # torch's default
+    assert OptimizerSettings.from_config(TrainConfig(optimizer="muon", momentum=0.8)).momentum == 0.8
 
 
 def test_learning_rate_schedules():

@@ -117,7 +117,8 @@ class TrainConfig:
     lr: float = _f(1e-3, "peak learning rate", range=POSITIVE)
     beta1: float = _f(0.9, "Adam beta1", range=RATE)
     beta2: float = _f(0.999, "Adam beta2", range=RATE)
-    momentum: float = _f(0.9, "SGD's momentum, and Muon's (0.95 is Muon's usual)", range=RATE)
+    momentum: float | None = _f(None, "SGD's momentum and Muon's; default: 0.9 for SGD, 0.95 for Muon (as "
+                                "torch.optim.SGD's usual and torch.optim.Muon's default)", range=RATE)
     weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token",
                              range=NON_NEGATIVE)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)", range=NON_NEGATIVE)

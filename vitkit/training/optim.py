@@ -32,6 +32,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+# the momentum when the config leaves it unset: SGD's usual (the paper's fine-tuning) and torch.optim.Muon's default
+DEFAULT_MOMENTUM = {"sgd": 0.9, "muon": 0.95}
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     """What the optimizer needs from the training config (a small piece of it, so the flow of each value is
@@ -41,12 +45,13 @@ class OptimizerSettings:
     weight_decay: float  # on the "decay" group only (see param_groups)
     beta1: float  # Adam's
     beta2: float
-    momentum: float  # SGD's and Muon's
+    momentum: float | None  # SGD's and Muon's (None for Adam, which has beta1)
 
     @classmethod
     def from_config(cls, c) -> "OptimizerSettings":
+        momentum = DEFAULT_MOMENTUM.get(c.optimizer) if c.momentum is None else c.momentum
         return cls(optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
-                   momentum=c.momentum)
+                   momentum=momentum)
 
 
 def _adamw(groups: list[dict], settings: OptimizerSettings) -> torch.optim.AdamW:
