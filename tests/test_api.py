@@ -5,6 +5,7 @@ recipe, a setting the pipeline cannot honour refused), and the main job trained 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,35 @@ def test_finetune_keeps_the_fine_tuning_defaults_beneath_a_users_recipe(tmp_path
 def test_a_setting_the_pipeline_cannot_honour_is_refused():
     with pytest.raises(UsageError, match="randaugment_ops needs pipeline='pil'"):
         resolve_training("digits", {"pipeline": "tensor", "randaugment_ops": 2}, log=None)
+
+
+def test_an_optimizer_setting_the_optimizer_does_not_read_is_refused_or_announced(capsys):
+    with pytest.raises(UsageError, match=r"^momentum=0.9: optimizer adam does not use it \(it reads beta1, beta2\)"):
+        resolve_training("digits", {"optimizer": "adam", "momentum": 0.9}, log=None)
+    with pytest.raises(UsageError, match="beta1=0.8, beta2=0.99: optimizer sgd does not use them"):
+        resolve_training("digits", {"optimizer": "sgd", "beta1": 0.8, "beta2": 0.99}, log=None)
+    assert main(["train", "--optimizer", "adam", "--momentum", "0.9", "--print-config"]) == 2
+    assert "momentum=0.9: optimizer adam does not use it" in capsys.readouterr().err
+    # what each reads is taken: Muon reads all three (its AdamW part the betas), SGD its momentum
+    muon = resolve_training("digits", {"optimizer": "muon", "momentum": 0.9, "beta2": 0.99}, log=None).config
+    assert (muon.momentum, muon.beta2) == (0.9, 0.99)
+    assert resolve_training("digits", {"optimizer": "sgd", "momentum": 0.8}, log=None).config.momentum == 0.8
+    # a recipe's value that the chosen optimizer leaves unread is announced, not refused
+    r, said = resolved("cifar10-fast", {"optimizer": "adam"})
+    assert r.config.momentum == 0.95 and said == ["note: momentum = 0.95 (recipe cifar10-fast) is not used by "
+                                                  "optimizer adam"]
+    r, said = resolved("finetune", {"data": "digits", "init_from": "runs/x", "optimizer": "muon"}, finetune=True)
+    assert r.config.momentum == 0.9 and said == []  # Muon reads it
+
+
+def test_every_recipe_sets_only_what_its_optimizer_reads():
+    from vitkit.training.optim import OPTIMIZER_READS
+
+    for path in sorted(Path(vitkit.__file__).parent.glob("recipes/*.toml")):
+        r, said = resolved(path.stem, {"data": "digits"})
+        assert said == [], path.name
+        unread = {"beta1", "beta2", "momentum"} - set(OPTIMIZER_READS[r.config.optimizer])
+        assert not [k for k in unread if r.sources[k] != "default"], path.name
 
 
 def test_smoke_shrinks_what_the_user_did_not_set():

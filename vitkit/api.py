@@ -101,7 +101,7 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
         sources.update({k: f"the run's {run_folder.CONFIG}" for k in FIELDS if sources[k] == "default"})
         config = apply_overrides(base, settings)
         sources.update({k: "setting" for k in settings})
-        return Resolved(config.validate(), sources, str(resume), None)
+        return Resolved(_check_optimizer_settings(config.validate(), sources, say), sources, str(resume), None)
 
     layers: list[tuple[dict[str, Any], str]] = []
     if finetune:
@@ -153,7 +153,26 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
         # what the user set explicitly wins over the shrink (--smoke --batch-size 4 trains at 4)
         config = shrunk.replace(**{k: before[k] for k in settings if k in before and before[k] != getattr(shrunk, k)})
         sources.update({k: "smoke" for k, v in config.to_dict().items() if before[k] != v})
-    return Resolved(config.validate(), sources, False, chosen)  # (settings a pipeline cannot honour: refused)
+    config = _check_optimizer_settings(config.validate(), sources, say)  # (settings a pipeline cannot honour: refused)
+    return Resolved(config, sources, False, chosen)
+
+
+def _check_optimizer_settings(config, sources: dict[str, str], say: Callable[[str], None]):
+    """beta1, beta2 or momentum that the chosen optimizer does not read: refused when set here, announced when a
+    recipe (or the run being resumed) brought it."""
+    from .training.optim import OPTIMIZER_READS
+
+    reads = OPTIMIZER_READS[config.optimizer]
+    unread = [k for k in ("beta1", "beta2", "momentum") if k not in reads and sources.get(k, "default") != "default"
+              and getattr(config, k) is not None]
+    told = [k for k in unread if sources[k] == "setting"]
+    if told:
+        raise UsageError(f"{', '.join(f'{k}={getattr(config, k)}' for k in told)}: optimizer {config.optimizer} "
+                         f"does not use {'it' if len(told) == 1 else 'them'} (it reads {', '.join(reads)}); drop "
+                         f"{'it' if len(told) == 1 else 'them'} or choose another optimizer")
+    for k in unread:
+        say(f"note: {k} = {getattr(config, k)} ({sources[k]}) is not used by optimizer {config.optimizer}")
+    return config
 
 
 # ------------------------------------------------------------------------------------------------ train

@@ -34,6 +34,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 # the momentum when the config leaves it unset: SGD's usual (the paper's fine-tuning) and torch.optim.Muon's default
 DEFAULT_MOMENTUM = {"sgd": 0.9, "muon": 0.95}
+# the settings each optimizer reads of beta1, beta2 and momentum (Muon's AdamW part reads the betas)
+OPTIMIZER_READS = {"adam": ("beta1", "beta2"), "sgd": ("momentum",), "muon": ("beta1", "beta2", "momentum")}
 
 
 @dataclass(frozen=True)
