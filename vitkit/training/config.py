@@ -24,6 +24,7 @@ from ..configs import POOLS, variant_config
 from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
+from .optim import OPTIMIZER_READS
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # installed with the package (the repository's
 # recipes/ is a link to it)
@@ -117,8 +118,8 @@ class TrainConfig:
     lr: float = _f(1e-3, "peak learning rate", range=POSITIVE)
     beta1: float = _f(0.9, "Adam beta1", range=RATE)
     beta2: float = _f(0.999, "Adam beta2", range=RATE)
-    momentum: float | None = _f(None, "SGD's momentum and Muon's; default: 0.9 for SGD, 0.95 for Muon (as "
-                                "torch.optim.SGD's usual and torch.optim.Muon's default)", range=RATE)
+    momentum: float | None = _f(None, "SGD's momentum and Muon's; default: 0.9 for SGD (the paper's fine-tuning), "
+                                "0.95 for Muon (torch.optim.Muon's default)", range=RATE)
     weight_decay: float = _f(0.1, "decoupled weight decay, not on biases, norms, position embeddings, class token",
                              range=NON_NEGATIVE)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 turns it off)", range=NON_NEGATIVE)
@@ -240,7 +241,7 @@ class TrainConfig:
             raise UsageError(f"invalid training config: {msg}")
 
         choices = dict(val_split=("auto", "holdout", "none"), cache_images=("auto", "yes", "no"),
-                       crop=("inception", "resize", "pad_crop"), optimizer=("adam", "sgd", "muon"),
+                       crop=("inception", "resize", "pad_crop"), optimizer=tuple(OPTIMIZER_READS),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
                        interpolation=("bilinear", "bicubic", "nearest", None), pool=(*POOLS, None),
                        on_nonfinite=("stop", "skip"), attention_init=("default", "mimetic"))
