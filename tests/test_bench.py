@@ -65,6 +65,10 @@ def test_bench_rejects_bad_settings():
     with pytest.raises(ValueError, match="precision"):
         run_benchmark(tiny_settings(precisions=("fp64",)))
     assert main(["bench", "--set", "depth"]) == 2
+    with pytest.raises(ValueError, match="needs compile"):
+        run_benchmark(tiny_settings(compile_mode="max-autotune"))
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        run_benchmark(tiny_settings(compile=True, compile_mode="fast"))
 
 
 def test_peak_memory_sees_an_allocation():

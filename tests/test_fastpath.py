@@ -187,6 +187,53 @@ def test_compiled_matches_eager(images):
     assert rel_err(compiled(x), plain(model, x)) < 1e-5
 
 
+def _compiled_ops(model, x, grad: bool) -> tuple[set[str], torch.Tensor | None]:
+    """The operators dynamo hands to the backend for a bf16 (autocast) forward, and the parameters' gradients of
+    a backward through it (with grad)."""
+    seen = set()
+
+    def recording(gm, example_inputs):
+        seen.update(getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=recording)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16):
+        out = compiled(x)
+    if not grad:
+        return seen, None
+    out.float().square().sum().backward()
+    return seen, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_compiled_bf16_training_keeps_explicit_attention_on_the_cpu(images):
+    """Under torch.compile a bf16 training step on the CPU takes the explicit attention (inductor fuses its softmax
+    and casts: the compiled CIFAR-size step 1.39x faster than with the flash kernel); its gradients are the eager
+    fast path's. Compiled inference keeps scaled_dot_product_attention."""
+    x = images(4, 16)
+    ops, grads = _compiled_ops(tiny().train(), x, grad=True)
+    assert "baddbmm" in ops and "scaled_dot_product_attention" not in ops
+    eager = tiny().train()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = eager(x)
+    out.float().square().sum().backward()
+    assert rel_err(grads, torch.cat([p.grad.flatten() for p in eager.parameters()])) < 1e-5
+    ops, _ = _compiled_ops(tiny(), x, grad=False)
+    assert "scaled_dot_product_attention" in ops and "baddbmm" not in ops
+
+
+def test_compile_modes_are_checked_and_reach_inductor():
+    model = tiny(depth=1)
+    with pytest.raises(ValueError, match="needs compile=True"):
+        optimize_for_inference(model, compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
+        optimize_for_inference(model, compile=True, compile_mode="fastest")
+    config = optimize_for_inference(model, compile=True, compile_mode="max-autotune")._forward.get_compiler_config()
+    assert config["max_autotune"] and config["freezing"]  # the mode's options, and the frozen weights
+    config = optimize_for_inference(model, compile=True)._forward.get_compiler_config()
+    assert not config["max_autotune"] and config["freezing"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao not installed")
 def test_int8_dynamic_quantization_stays_close(images):
     model = tiny()

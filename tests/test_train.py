@@ -360,6 +360,19 @@ def test_bf16_autocast_and_compile(tmp_path):
         [r["loss"] for r in train_records(plain.run_dir)], rel=1e-5)
 
 
+def test_compile_mode_is_refused_where_it_cannot_apply(tmp_path, capsys):
+    with pytest.raises(vitkit.errors.UsageError, match="compile_mode=max-autotune needs compile=true"):
+        tiny_config(tmp_path, compile_mode="max-autotune").validate()
+    with pytest.raises(vitkit.errors.UsageError, match="compile_backend='eager' has none"):
+        tiny_config(tmp_path, compile=True, compile_backend="eager", compile_mode="max-autotune").validate()
+    with pytest.raises(vitkit.errors.UsageError, match="expected one of default, reduce-overhead, max-autotune"):
+        tiny_config(tmp_path, compile=True, compile_mode="fast").validate()
+    assert main(["train", "--compile", "--compile-mode", "max-autotune", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["compile_mode"] == "max-autotune"
+    assert main(["train", "--compile-mode", "max-autotune", "--print-config"]) == 2
+    assert "needs compile=true (--compile)" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ CIFAR
 @pytest.mark.skipif(not CIFAR_TAR.is_file(), reason="needs ../shared/data/cifar10")
 def test_a_short_run_on_the_cifar10_jpeg_tree(tmp_path, capsys):

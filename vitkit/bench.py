@@ -47,7 +47,7 @@ from torch import nn
 from .bench_runtimes import RUNTIMES, runtime_candidates, runtime_files
 from .configs import ViTConfig
 from .models import count_flops, create_model
-from .models.fast import optimize_for_inference, plain_path, quantize_int8
+from .models.fast import COMPILE_MODES, optimize_for_inference, plain_path, quantize_int8
 
 PRECISIONS = ("fp32", "bf16", "int8")
 TASKS = ("infer", "latency", "train")
@@ -74,6 +74,7 @@ class BenchSettings:
     threads: int | None = None  # torch.set_num_threads; None keeps PyTorch's default
     device: str = "cpu"
     compile: bool = False  # add rows for vitkit under torch.compile
+    compile_mode: str | None = None  # torch.compile's mode for those rows (None: its default)
     plain: bool = True  # add rows for vitkit's plain path (no fast path), the reference for the fast path's gain
     loss_steps: int = 20  # training: compare loss trajectories over this many steps (0: skip)
     memory: bool = True
@@ -90,6 +91,10 @@ class BenchSettings:
         bad = [p for p in self.peers if p not in ALL_PEERS]
         if bad:
             raise ValueError(f"unknown peer(s) {bad}; expected some of {ALL_PEERS}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile_mode!r}; expected one of {COMPILE_MODES}")
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile (--compile)")
         if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError("repeats and batch_size must be at least 1, warmup at least 0")
 
@@ -315,7 +320,8 @@ def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Mod
         if settings.compile:
             from .quantize import quantize_pt2e
 
-            static = quantize_pt2e(model, runtimes.calibration if runtimes else [images], compile=True)
+            static = quantize_pt2e(model, runtimes.calibration if runtimes else [images], compile=True,
+                                   compile_mode=settings.compile_mode)
             start = time.perf_counter()
             with torch.inference_mode():
                 static(images)  # compiles
@@ -330,15 +336,21 @@ def _inference_candidates(settings: BenchSettings, precision: str, model: nn.Mod
         rows += runtime_candidates([p for p in settings.peers if p in RUNTIMES], precision, runtimes, images,
                                    notes if notes is not None else [])
     if settings.compile and precision in ("fp32", "bf16"):
-        compiled = optimize_for_inference(model, torch.bfloat16 if precision == "bf16" else None, compile=True)
+        compiled = optimize_for_inference(model, torch.bfloat16 if precision == "bf16" else None, compile=True,
+                                          compile_mode=settings.compile_mode)
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(images)  # compiles
         seconds = time.perf_counter() - start
-        regime = f"{'fp32' if precision == 'fp32' else 'bf16 weights'}, torch.compile (inductor, frozen weights)"
+        regime = (f"{'fp32' if precision == 'fp32' else 'bf16 weights'}, torch.compile (inductor, frozen weights"
+                  f"{_mode_words(settings)})")
         rows.insert(1, Candidate("vitkit", regime, precision, frozen(compiled, vitkit_forward, images),
                                  model_bytes(compiled), compile_seconds=seconds))
     return rows
+
+
+def _mode_words(settings: BenchSettings) -> str:
+    return f" {settings.compile_mode}" if settings.compile_mode else ""
 
 
 def _train_step(module: nn.Module, forward, images, labels, precision: str, device: torch.device,
@@ -389,11 +401,12 @@ def _train_candidates(settings: BenchSettings, precision: str, model: nn.Module,
                               _train_step(copy.deepcopy(peer), forward, images, labels, precision, device, False),
                               model_bytes(peer)))
     if settings.compile:
-        compiled = torch.compile(copy.deepcopy(model))
+        compiled = torch.compile(copy.deepcopy(model), mode=settings.compile_mode)
         step = _train_step(compiled, vitkit_forward, images, labels, precision, device, fused)
         start = time.perf_counter()
         step()
-        rows.insert(1, Candidate("vitkit", f"{regime}, torch.compile, AdamW({'fused' if fused else 'default'})",
+        rows.insert(1, Candidate("vitkit", f"{regime}, torch.compile{_mode_words(settings)}, "
+                                 f"AdamW({'fused' if fused else 'default'})",
                                  precision, step, model_bytes(model), compile_seconds=time.perf_counter() - start))
     return rows
 

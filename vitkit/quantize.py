@@ -53,12 +53,15 @@ def draw_calibration(images, preprocessing, count: int = 256, batch_size: int = 
     return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
 
 
-def quantize_pt2e(model: nn.Module, calibration: Iterable[torch.Tensor], compile: bool = False) -> nn.Module:
+def quantize_pt2e(model: nn.Module, calibration: Iterable[torch.Tensor], compile: bool = False,
+                  compile_mode: str | None = None) -> nn.Module:
     """A static int8 copy of `model` by PyTorch's PT2E flow: export, `prepare_pt2e` with the X86InductorQuantizer
     (int8 activations per tensor, int8 weights per channel), one pass over `calibration`, `convert_pt2e`. Without
     `compile` the result runs the int8 arithmetic as quantize/dequantize around float ops (right numbers, float
     speed: for accuracy); with `compile`, inductor (weights frozen) fuses them into int8 kernels (for speed; the
-    first call compiles, minutes on a small CPU)."""
+    first call compiles, minutes on a small CPU), in torch.compile's `compile_mode` if given."""
+    if compile_mode is not None and not compile:
+        raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
@@ -82,7 +85,7 @@ def quantize_pt2e(model: nn.Module, calibration: Iterable[torch.Tensor], compile
         from torch._inductor import config as inductor_config
 
         inductor_config.freezing = True  # constant weights: lets inductor pre-pack the int8 weights
-        converted = torch.compile(converted)
+        converted = torch.compile(converted, mode=compile_mode)
     converted.config = model.config
     converted.preprocessing = getattr(model, "preprocessing", None)
     converted.class_names = getattr(model, "class_names", None)

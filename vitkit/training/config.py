@@ -23,6 +23,7 @@ from typing import Any
 from ..configs import POOLS, variant_config
 from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
+from ..models.fast import COMPILE_MODES
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 from .optim import OPTIMIZER_READS
 
@@ -152,6 +153,8 @@ class TrainConfig:
     precision: str = _f("fp32", "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast with a grad scaler, GPU)")
     compile: bool = _f(False, "torch.compile the model")
     compile_backend: str = _f("inductor", "torch.compile backend")
+    compile_mode: str = _f("default", "torch.compile mode (inductor): default, reduce-overhead, max-autotune (on the "
+                           "CPU: also tries inductor's C++ matrix-product kernels) or max-autotune-no-cudagraphs")
     device: str = _f("auto", "auto (GPU when there is one), cpu, cuda, cuda:N or mps")
     threads: int = _f(0, "CPU threads of each process for the model's math; 0: PyTorch's choice (all cores, shared "
                       "among the processes of a machine under torchrun)", range=COUNT)
@@ -248,6 +251,12 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
+        if self.compile_mode not in COMPILE_MODES:
+            fail(f"compile_mode={self.compile_mode!r}, expected one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:
+            fail(f"compile_mode={self.compile_mode} needs compile=true (--compile)")
+        if self.compile_mode != "default" and self.compile_backend != "inductor":
+            fail(f"compile_mode={self.compile_mode} is inductor's; compile_backend={self.compile_backend!r} has none")
         if self.batch_size < 1 or self.accum_steps < 1:
             fail("batch_size and accum_steps must be positive")
         if self.batch_size % self.accum_steps:

@@ -492,7 +492,8 @@ class _Run:
 
         synced_model = train_model = self.train_model  # (no_sync / set_requires_gradient_sync go to the wrapper)
         if c.compile:
-            train_model = torch.compile(train_model, backend=c.compile_backend)
+            mode = None if c.compile_mode == "default" else c.compile_mode
+            train_model = torch.compile(train_model, backend=c.compile_backend, mode=mode)
         self.schedule = Schedule(ScheduleSettings.from_config(c), self.total, self.warmup,
                                  model.config.image_size[0], model.config.patch_size[0] * model.config.stem_stride)
         resize_inputs = c.pipeline == "tensor" or bool(c.progressive_min_size)
