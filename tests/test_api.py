@@ -80,6 +80,11 @@ def test_an_optimizer_setting_the_optimizer_does_not_read_is_refused_or_announce
                                                   "optimizer adam"]
     r, said = resolved("finetune", {"data": "digits", "init_from": "runs/x", "optimizer": "muon"}, finetune=True)
     assert r.config.momentum == 0.9 and said == []  # Muon reads it
+    # an unset momentum the optimizer reads is filled in, with its source, so the run's config shows the number
+    for optimizer, momentum in (("muon", 0.95), ("sgd", 0.9)):
+        r, said = resolved("digits", {"optimizer": optimizer})
+        assert (r.config.momentum, r.sources["momentum"]) == (momentum, f"default for {optimizer}") and said == []
+    assert resolved("digits", {"optimizer": "adam"})[0].config.momentum is None
 
 
 def test_every_recipe_sets_only_what_its_optimizer_reads():

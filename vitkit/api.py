@@ -159,8 +159,9 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
 
 def _check_optimizer_settings(config, sources: dict[str, str], say: Callable[[str], None]):
     """beta1, beta2 or momentum that the chosen optimizer does not read: refused when set here, announced when a
-    recipe (or the run being resumed) brought it."""
-    from .training.optim import OPTIMIZER_READS
+    recipe (or the run being resumed) brought it. An unset momentum that the optimizer reads gets its default here,
+    so that the run's config shows the number."""
+    from .training.optim import DEFAULT_MOMENTUM, OPTIMIZER_READS
 
     reads = OPTIMIZER_READS[config.optimizer]
     unread = [k for k in ("beta1", "beta2", "momentum") if k not in reads and sources.get(k, "default") != "default"
@@ -172,6 +173,9 @@ def _check_optimizer_settings(config, sources: dict[str, str], say: Callable[[st
                          f"{'it' if len(told) == 1 else 'them'} or choose another optimizer")
     for k in unread:
         say(f"note: {k} = {getattr(config, k)} ({sources[k]}) is not used by optimizer {config.optimizer}")
+    if config.momentum is None and config.optimizer in DEFAULT_MOMENTUM:  # shown in the config, not applied unseen
+        config = config.replace(momentum=DEFAULT_MOMENTUM[config.optimizer])
+        sources["momentum"] = f"default for {config.optimizer}"
     return config
 
 
