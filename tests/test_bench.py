@@ -127,3 +127,31 @@ def test_readme_table_script_renders_a_saved_report():
                      and r["regime"] == "autocast bf16")
     line = next(row for row in rows if "| timm | autocast bf16 |" in row and row.startswith("| inference"))
     assert f"{timm_bf16['vitkit_speedup_paired']:.2f}x" in line and "width 768, depth 12" in line
+
+
+def test_train_step_products_finds_every_product_of_a_step(tmp_path, capsys):
+    """benchmarks/train_step_products.py: per block 4 dense forwards, 2 attention products, 8 dense and 4 attention
+    products backward; the head's 3 and the patch embedding's 2 (convolution and its backward). 4 images of 16
+    patches and a class token: 68 token rows."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_step_products", root / "benchmarks" / "train_step_products.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "products.json"
+    args = ["--model", "ViT-Ti/16", "--image-size", "32", "--set", "depth=2", "--set", "width=32", "--set",
+            "num_heads=2", "--set", "mlp_dim=64", "--set", "patch_size=8", "--batch-size", "4", "--repeats", "1",
+            "-o", str(out)]
+    assert module.main(args) == 0
+    report = json.loads(out.read_text())
+    ops = {}
+    for g in report["products"]:
+        ops[g["op"]] = ops.get(g["op"], 0) + g["calls"]
+    assert ops == {"addmm": 4 * 2 + 1, "mm": 8 * 2 + 2, "baddbmm": 2, "bmm": 5 * 2,
+                   "convolution": 1, "convolution_backward": 1}
+    dense = next(g for g in report["products"] if g["op"] == "addmm" and g["operands"][1] == [68, 32])
+    assert dense["flops"] == 2 * 68 * 32 * dense["operands"][2][1] and dense["dtype"] == "bfloat16"
+    assert report["products_alone_s"] > 0 and 0 < report["step_fraction"] < report["products_alone_fraction"]
+    assert "of the ceiling if everything else took no time" in capsys.readouterr().out
