@@ -87,6 +87,17 @@ def test_an_optimizer_setting_the_optimizer_does_not_read_is_refused_or_announce
     assert resolved("digits", {"optimizer": "adam"})[0].config.momentum is None
 
 
+def test_naming_a_variant_announces_the_recipe_shape_it_replaces():
+    r, said = resolved("cifar10-fast-vit", {"model": "ViT-S/16", "depth": 2, "image_size": 32})
+    assert said == ["note: model ViT-S/16 brings its own shape; the recipe's width=128, num_heads=4, mlp_dim=384, "
+                    "pool='gap', posemb='learned' are not used (set again what should stay)"]
+    assert (r.config.pool, r.config.depth, r.config.image_size, r.sources["pool"]) == (
+        None, 2, 32, "the variant ViT-S/16")
+    keep = {"width": 128, "depth": 6, "num_heads": 4, "mlp_dim": 384, "pool": "gap", "posemb": "learned",
+            "image_size": 32}
+    assert resolved("cifar10-fast-vit", {"model": "ViT-S/16", **keep})[1] == []
+
+
 def test_every_recipe_sets_only_what_its_optimizer_reads():
     from vitkit.training.optim import OPTIMIZER_READS
 

@@ -133,6 +133,11 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
     if "model" in settings and not config.init_from:
         # a variant named in the settings brings its own shape (and its own resolution unless image_size is set)
         cleared = [k for k in (*ARCHITECTURE_FIELDS, "image_size") if k not in settings]
+        dropped = [f"{k}={getattr(config, k)!r}" for k in cleared
+                   if getattr(config, k) is not None and sources[k].startswith("recipe")]
+        if dropped:
+            say(f"note: model {settings['model']} brings its own shape; the recipe's {', '.join(dropped)} "
+                f"{'is' if len(dropped) == 1 else 'are'} not used (set again what should stay)")
         config = config.replace(**{k: None for k in cleared})
         sources.update({k: f"the variant {settings['model']}" for k in cleared})
     if config.init_from:
