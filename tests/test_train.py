@@ -176,6 +176,19 @@ def test_init_from_another_class_count_needs_num_classes(tmp_path, capsys):
     assert model.num_classes == 3 and tuple(model.config.image_size) == (8, 8)  # the checkpoint's size
 
 
+def test_a_bad_init_from_is_refused_before_the_data_are_read(tmp_path, capsys):
+    missing_data = ["--data", str(tmp_path / "no-data-here"), "--steps", "1"]
+    assert main(["train", "--init-from", str(tmp_path / "missing.safetensors"), *missing_data,
+                 *tiny_flags(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "no such file or folder, nor a pre-trained name" in err and "no-data-here" not in err
+    assert main(["train", "--init-from", "vit_base_patch16_224", "--width", "64", *missing_data,
+                 *tiny_flags(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the architecture comes from the checkpoint; drop --width" in err and "no-data-here" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------------------- stopping cleanly
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, capsys):
     train(tiny_config(tmp_path, steps=8, stop_after=3, schedule="constant"), log=quiet)

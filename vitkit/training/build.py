@@ -15,6 +15,23 @@ def runtime_settings(config: TrainConfig) -> dict:
     return {k: getattr(config, k) for k in TRAINING_FIELDS}
 
 
+def check_init_from(config: TrainConfig) -> None:
+    """What can be said of `init_from` before the data are read: no architecture fields beside it, and a source
+    that exists (a file or folder, a pre-trained name or a URI)."""
+    if config.init_from is None:
+        return
+    fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
+    if fixed:
+        raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+    from ..hub.catalog import suggest
+    from ..hub.resolve import is_known_source
+
+    if not is_known_source(config.init_from):
+        raise UsageError(f"--init-from {config.init_from}: no such file or folder, nor a pre-trained name or URI"
+                         f"{suggest(config.init_from)}")
+
+
 def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None] = print):
     """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
     a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
@@ -40,16 +57,9 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
             from ..models.mimetic import mimetic_init_
             mimetic_init_(model)
         return model
-    fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
-    if fixed:
-        raise UsageError(f"--init-from {config.init_from}: the architecture comes from the checkpoint; drop "
-                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
-    from ..hub.catalog import suggest
-    from ..hub.resolve import is_known_source, model_source
+    check_init_from(config)
+    from ..hub.resolve import model_source
 
-    if not is_known_source(config.init_from):
-        raise UsageError(f"--init-from {config.init_from}: no such file or folder, nor a pre-trained name or URI"
-                         f"{suggest(config.init_from)}")
     path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load
     reset = config.reset_head or (config.num_classes is not None)
     model = load(path, num_classes=num_classes if reset else None, resample_to=config.image_size,

@@ -40,7 +40,7 @@ from ..data.memory import TensorAugment, TensorBatches, stack_images
 from ..errors import CheckpointError, UsageError
 from ..eval.metrics import EvalResult
 from . import distributed, faults, run_folder
-from .build import build_model, describe, model_preprocessing, runtime_settings
+from .build import build_model, check_init_from, describe, model_preprocessing, runtime_settings
 from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir, write_checkpoint
 from .checkpointer import Checkpointer, CheckpointWriteError
 from .config import TrainConfig
@@ -301,6 +301,8 @@ class _Run:
         if self.announce:
             self.say(self.announce)
         resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
+        if resume_ckpt is None:
+            check_init_from(c)  # before the data scan, which can take minutes
         torch.manual_seed(c.seed)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
