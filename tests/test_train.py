@@ -384,6 +384,8 @@ def test_compile_mode_is_refused_where_it_cannot_apply(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["compile_mode"] == "max-autotune"
     assert main(["train", "--compile-mode", "max-autotune", "--print-config"]) == 2
     assert "needs compile=true (--compile)" in capsys.readouterr().err
+    with pytest.raises(vitkit.errors.UsageError, match="reduce-overhead is CUDA graphs, which cpu has not"):
+        train(tiny_config(tmp_path, compile=True, compile_mode="reduce-overhead", device="cpu"), log=quiet)
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR

@@ -95,6 +95,8 @@ class BenchSettings:
             raise ValueError(f"unknown compile mode {self.compile_mode!r}; expected one of {COMPILE_MODES}")
         if self.compile_mode is not None and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile (--compile)")
+        if self.compile_mode == "reduce-overhead" and not self.device.startswith("cuda"):
+            raise ValueError(f"compile_mode='reduce-overhead' is CUDA graphs, which {self.device} has not")
         if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError("repeats and batch_size must be at least 1, warmup at least 0")
 

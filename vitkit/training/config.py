@@ -153,8 +153,9 @@ class TrainConfig:
     precision: str = _f("fp32", "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast with a grad scaler, GPU)")
     compile: bool = _f(False, "torch.compile the model")
     compile_backend: str = _f("inductor", "torch.compile backend")
-    compile_mode: str = _f("default", "torch.compile mode (inductor): default, reduce-overhead, max-autotune (on the "
-                           "CPU: also tries inductor's C++ matrix-product kernels) or max-autotune-no-cudagraphs")
+    compile_mode: str = _f("default", "torch.compile mode (inductor): default, reduce-overhead (CUDA graphs, GPUs "
+                           "only), max-autotune (on the CPU: also tries inductor's C++ matrix-product kernels) or "
+                           "max-autotune-no-cudagraphs")
     device: str = _f("auto", "auto (GPU when there is one), cpu, cuda, cuda:N or mps")
     threads: int = _f(0, "CPU threads of each process for the model's math; 0: PyTorch's choice (all cores, shared "
                       "among the processes of a machine under torchrun)", range=COUNT)

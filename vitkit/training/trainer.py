@@ -303,6 +303,9 @@ class _Run:
         resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
         if resume_ckpt is None:
             check_init_from(c)  # before the data scan, which can take minutes
+        if c.compile and c.compile_mode == "reduce-overhead" and info.device.type != "cuda":
+            raise UsageError(f"compile_mode=reduce-overhead is CUDA graphs, which {info.device} has not; use "
+                             "default or max-autotune")
         torch.manual_seed(c.seed)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
