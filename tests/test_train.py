@@ -176,7 +176,7 @@ def test_init_from_another_class_count_needs_num_classes(tmp_path, capsys):
     assert model.num_classes == 3 and tuple(model.config.image_size) == (8, 8)  # the checkpoint's size
 
 
-def test_a_bad_init_from_is_refused_before_the_data_are_read(tmp_path, capsys):
+def test_a_bad_model_or_init_from_is_refused_before_the_data_are_read(tmp_path, capsys):
     missing_data = ["--data", str(tmp_path / "no-data-here"), "--steps", "1"]
     assert main(["train", "--init-from", str(tmp_path / "missing.safetensors"), *missing_data,
                  *tiny_flags(tmp_path)]) == 2
@@ -187,6 +187,10 @@ def test_a_bad_init_from_is_refused_before_the_data_are_read(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the architecture comes from the checkpoint; drop --width" in err and "no-data-here" not in err
     assert not (tmp_path / "runs").exists()
+    assert main(["train", "--model", "ViT-Ti/16", "--image-size", "30", "--patch-size", "4", *missing_data,
+                 *tiny_flags(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "image_size (30, 30) is not a multiple of the effective patch size (4, 4)" in err and "no-data" not in err
 
 
 # ------------------------------------------------------------------------------------- stopping cleanly
@@ -384,6 +388,8 @@ def test_compile_mode_is_refused_where_it_cannot_apply(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["compile_mode"] == "max-autotune"
     assert main(["train", "--compile-mode", "max-autotune", "--print-config"]) == 2
     assert "needs compile=true (--compile)" in capsys.readouterr().err
+    with pytest.raises(vitkit.errors.UsageError, match="compile_backend='nosuch' is not a torch.compile backend"):
+        tiny_config(tmp_path, compile=True, compile_backend="nosuch").validate()
     with pytest.raises(vitkit.errors.UsageError, match="reduce-overhead is CUDA graphs, which cpu has not"):
         train(tiny_config(tmp_path, compile=True, compile_mode="reduce-overhead", device="cpu"), log=quiet)
 

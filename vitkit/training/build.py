@@ -15,10 +15,28 @@ def runtime_settings(config: TrainConfig) -> dict:
     return {k: getattr(config, k) for k in TRAINING_FIELDS}
 
 
-def check_init_from(config: TrainConfig) -> None:
-    """What can be said of `init_from` before the data are read: no architecture fields beside it, and a source
-    that exists (a file or folder, a pre-trained name or a URI)."""
+def fresh_model_config(config: TrainConfig, num_classes: int):
+    """The ViTConfig of a fresh model: the variant with the config's architecture fields over it."""
+    from ..configs import variant_config
+
+    overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS
+                 if getattr(config, k) is not None and not k.startswith("resnet_")}
+    if config.resnet_layers is not None or config.resnet_width_factor is not None:
+        overrides["resnet"] = resnet_stem(config)
+    model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
+                                  **overrides, **runtime_settings(config))
+    return model_config.replace(name=None) if overrides else model_config  # no longer the named variant
+
+
+def check_model_settings(config: TrainConfig) -> None:
+    """What can be said of the model before the data are read: a fresh model's variant and shape are valid; with
+    `init_from`, no architecture fields beside it and a source that exists (a file or folder, a pre-trained name
+    or a URI)."""
     if config.init_from is None:
+        try:
+            fresh_model_config(config, num_classes=2)  # (the data decide the real count)
+        except ValueError as e:
+            raise UsageError(f"model {config.model!r}: {e}") from None
         return
     fixed = [k for k in ARCHITECTURE_FIELDS if getattr(config, k) is not None]
     if fixed:
@@ -36,28 +54,19 @@ def build_model(config: TrainConfig, num_classes: int, log: Callable[[str], None
     """A fresh model from the variant and overrides, or one loaded from `init_from` (fine-tuning adaptation:
     a new zero head when the class count changes or reset_head, the position grid resampled to image_size)."""
     from ..checkpoints import load
-    from ..configs import variant_config
     from ..models import create_model
 
     runtime = runtime_settings(config)
     if config.init_from is None:
-        overrides = {k: getattr(config, k) for k in ARCHITECTURE_FIELDS
-                     if getattr(config, k) is not None and not k.startswith("resnet_")}
         try:
-            if config.resnet_layers is not None or config.resnet_width_factor is not None:
-                overrides["resnet"] = resnet_stem(config)
-            model_config = variant_config(config.model, num_classes=num_classes, image_size=config.image_size,
-                                          **overrides, **runtime)
-            if overrides:  # no longer the named variant
-                model_config = model_config.replace(name=None)
-            model = create_model(model_config)
+            model = create_model(fresh_model_config(config, num_classes))
         except ValueError as e:
             raise UsageError(f"model {config.model!r}: {e}") from None
         if config.attention_init == "mimetic":
             from ..models.mimetic import mimetic_init_
             mimetic_init_(model)
         return model
-    check_init_from(config)
+    check_model_settings(config)
     from ..hub.resolve import model_source
 
     path = model_source(config.init_from)  # a pre-trained name or URI is fetched (or found in the cache) by load

@@ -252,6 +252,13 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
+        if self.compile:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                fail(f"compile_backend={self.compile_backend!r} is not a torch.compile backend here; expected one "
+                     f"of {', '.join(torch._dynamo.list_backends())} (or eager, aot_eager for debugging)")
         if self.compile_mode not in COMPILE_MODES:
             fail(f"compile_mode={self.compile_mode!r}, expected one of {', '.join(COMPILE_MODES)}")
         if self.compile_mode != "default" and not self.compile:

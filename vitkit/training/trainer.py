@@ -40,7 +40,7 @@ from ..data.memory import TensorAugment, TensorBatches, stack_images
 from ..errors import CheckpointError, UsageError
 from ..eval.metrics import EvalResult
 from . import distributed, faults, run_folder
-from .build import build_model, check_init_from, describe, model_preprocessing, runtime_settings
+from .build import build_model, check_model_settings, describe, model_preprocessing, runtime_settings
 from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint_dir, write_checkpoint
 from .checkpointer import Checkpointer, CheckpointWriteError
 from .config import TrainConfig
@@ -302,7 +302,7 @@ class _Run:
             self.say(self.announce)
         resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
         if resume_ckpt is None:
-            check_init_from(c)  # before the data scan, which can take minutes
+            check_model_settings(c)  # before the data scan, which can take minutes
         if c.compile and c.compile_mode == "reduce-overhead" and info.device.type != "cuda":
             raise UsageError(f"compile_mode=reduce-overhead is CUDA graphs, which {info.device} has not; use "
                              "default or max-autotune")
