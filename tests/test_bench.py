@@ -69,6 +69,8 @@ def test_bench_rejects_bad_settings():
         run_benchmark(tiny_settings(compile_mode="max-autotune"))
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         run_benchmark(tiny_settings(compile=True, compile_mode="fast"))
+    with pytest.raises(ValueError, match="int8 is measured for inference only"):
+        run_benchmark(tiny_settings(tasks=("train",), precisions=("int8",)))
     with pytest.raises(ValueError, match="CUDA graphs, which cpu has not"):
         run_benchmark(tiny_settings(compile=True, compile_mode="reduce-overhead"))
 

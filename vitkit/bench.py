@@ -97,6 +97,8 @@ class BenchSettings:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile (--compile)")
         if self.compile_mode == "reduce-overhead" and not self.device.startswith("cuda"):
             raise ValueError(f"compile_mode='reduce-overhead' is CUDA graphs, which {self.device} has not")
+        if set(self.tasks) == {"train"} and set(self.precisions) == {"int8"}:
+            raise ValueError("int8 is measured for inference only; --tasks train needs --precision fp32 or bf16")
         if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError("repeats and batch_size must be at least 1, warmup at least 0")
 
