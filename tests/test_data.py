@@ -186,6 +186,12 @@ def test_holdout_is_stratified_seeded_and_disjoint(tmp_path):
     assert not set(splits.train.paths) & set(splits.val.paths)
     everything = open_data(str(tmp_path / "d"), want_train=False, flat_eval="all", progress=False)
     assert everything.val_name == "all" and len(everything.val) == 30
+    said = []  # more per class than a class has: each class keeps one for training, and that is announced
+    splits = open_data(str(tmp_path / "d"), val_per_class=12, progress=False, log=said.append)
+    assert len(splits.val) == 27 and len(splits.train) == 3
+    assert [m for m in said if m.startswith("note: val_per_class=12")] == [
+        "note: val_per_class=12, but 3 class(es) have no more images than that: cat (10), dog (10), fish (10); each "
+        "keeps one image for training and holds out the rest"]
 
 
 def test_cifar_pickles_load_without_running_code(tmp_path):

@@ -114,6 +114,13 @@ def open_data(data: str, *, want_train: bool = True, want_val: bool = True, val_
                                              per_class=val_per_class, seed=split_seed)
         if len(val_idx) == 0:
             raise UsageError(f"{full.name}: too few images per class to hold out a validation split")
+        if val_per_class is not None:
+            counts = np.bincount(full.labels, minlength=len(full.classes))
+            short = [f"{full.classes[c]} ({n})" for c, n in enumerate(counts) if n <= val_per_class]
+            if short:
+                log(f"note: val_per_class={val_per_class}, but {len(short)} class(es) have no more images than that: "
+                    f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; each keeps one image for training "
+                    "and holds out the rest")
         return full.subset(train_idx), full.subset(val_idx, name=f"{full.name} (hold-out)")
 
     if layout.kind == "digits":
