@@ -222,6 +222,29 @@ def test_compiled_bf16_training_keeps_explicit_attention_on_the_cpu(images):
     assert "scaled_dot_product_attention" in ops and "baddbmm" not in ops
 
 
+def test_compiled_training_does_not_recompile_for_each_steps_masks(images):
+    """Patch dropout and stochastic depth draw their masks from the step's seed (`share_masks`); under
+    torch.compile that draw runs eagerly, so a new seed is not a new graph (it was a recompile at every step, until
+    dynamo's limit turned compilation off)."""
+    model = tiny(patch_dropout=0.5, drop_path=0.1).train()
+    compiled = torch.compile(model, backend="eager")
+    x = images(4, 16)
+    torch._dynamo.reset()
+    for step in range(2):  # the first steps compile (a second time for the blocks' different rates)
+        model.share_masks((100 + step, 0, 4))
+        compiled(x).sum().backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(2, 5):
+            model.share_masks((100 + step, 0, 4))
+            compiled(x).sum().backward()
+    model.share_masks((7, 0, 4))
+    first = compiled(x)
+    model.share_masks((7, 0, 4))
+    assert torch.equal(compiled(x), first)  # the same seed, the same masks
+    model.share_masks((8, 0, 4))
+    assert not torch.equal(compiled(x), first)
+
+
 def test_compile_modes_are_checked_and_reach_inductor():
     model = tiny(depth=1)
     with pytest.raises(ValueError, match="needs compile=True"):

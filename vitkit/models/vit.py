@@ -124,13 +124,15 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
+        return x * self._mask(x, keep, branch) / keep
+
+    @torch.compiler.disable  # eager under torch.compile: traced, the step's seed in `shared` would be a constant
+    def _mask(self, x: torch.Tensor, keep: float, branch: int) -> torch.Tensor:  # and every step a recompile
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         if self.shared is not None:
             uniforms = shared_uniforms(self.shared, (self.index, branch), x.shape[0], device=x.device)
-            mask = (uniforms < keep).to(x.dtype).view(shape)
-        else:
-            mask = x.new_empty(shape).bernoulli_(keep)
-        return x * mask / keep
+            return (uniforms < keep).to(x.dtype).view(shape)
+        return x.new_empty(shape).bernoulli_(keep)
 
     def extra_repr(self):
         return f"rate={self.rate}"
@@ -355,13 +357,15 @@ class VisionTransformer(nn.Module):
         keep = max(1, int(round(n * (1.0 - self.config.patch_dropout))))
         if keep >= n:
             return x
-        if self.shared_masks is not None:
-            uniforms = shared_uniforms(self.shared_masks, (-1,), x.shape[0], n, device=x.device)
-        else:
-            uniforms = torch.rand(x.shape[0], n, device=x.device)
-        order = uniforms.argsort(dim=1)[:, :keep]
+        order = self._patch_uniforms(x.shape[0], n, x.device).argsort(dim=1)[:, :keep]
         patches = x[:, prefix:].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches
+
+    @torch.compiler.disable  # eager under torch.compile: traced, the step's seed in `shared_masks` would be a
+    def _patch_uniforms(self, rows: int, n: int, device) -> torch.Tensor:  # constant and every step a recompile
+        if self.shared_masks is not None:
+            return shared_uniforms(self.shared_masks, (-1,), rows, n, device=device)
+        return torch.rand(rows, n, device=device)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """All tokens after the encoder, (B, prefix + N, D); normalised unless norm_after_pool."""
