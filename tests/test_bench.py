@@ -159,3 +159,20 @@ def test_train_step_products_finds_every_product_of_a_step(tmp_path, capsys):
     assert dense["flops"] == 2 * 68 * 32 * dense["operands"][2][1] and dense["dtype"] == "bfloat16"
     assert report["products_alone_s"] > 0 and 0 < report["step_fraction"] < report["products_alone_fraction"]
     assert "of the ceiling if everything else took no time" in capsys.readouterr().out
+
+
+def test_training_rows_with_muon_give_every_implementation_the_recipes_optimizer():
+    settings = dict(tasks=("train",), precisions=("bf16",), peers=("timm",), loss_steps=3, memory=False)
+    muon = run_benchmark(tiny_settings(optimizer="muon", **settings))
+    assert [r["regime"] for r in muon["results"]] == ["autocast bf16, fast path, Muon + AdamW(fused)",
+                                                      "autocast bf16, plain path, Muon + AdamW(fused)",
+                                                      "autocast bf16, Muon + AdamW(fused)"]
+    (trajectory,) = muon["loss_trajectories"]
+    assert max(trajectory["max_deviation_relative_to_first_loss"].values()) < 5e-2  # timm's too: the same optimizer
+    (adamw,) = run_benchmark(tiny_settings(**settings))["loss_trajectories"]
+    assert adamw["losses"]["vitkit"][0] == trajectory["losses"]["vitkit"][0]  # the same first loss, other updates
+    assert adamw["losses"]["vitkit"][1:] != trajectory["losses"]["vitkit"][1:]
+    with pytest.raises(ValueError, match="is for the training rows"):
+        run_benchmark(tiny_settings(optimizer="muon"))
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        run_benchmark(tiny_settings(optimizer="lion", tasks=("train",)))

@@ -50,6 +50,7 @@ from .models import count_flops, create_model
 from .models.fast import COMPILE_MODES, optimize_for_inference, plain_path, quantize_int8
 
 PRECISIONS = ("fp32", "bf16", "int8")
+OPTIMIZERS = ("adamw", "muon")
 TASKS = ("infer", "latency", "train")
 PEERS = ("timm", "torchvision", "hf")  # the same model in another PyTorch library (the default peers)
 ALL_PEERS = PEERS + RUNTIMES  # and vitkit's ONNX export run by a deployment runtime
@@ -75,6 +76,7 @@ class BenchSettings:
     device: str = "cpu"
     compile: bool = False  # add rows for vitkit under torch.compile
     compile_mode: str | None = None  # torch.compile's mode for those rows (None: its default)
+    optimizer: str = "adamw"  # training rows: "adamw", or "muon" (vitkit's Muon + AdamW, for every implementation)
     plain: bool = True  # add rows for vitkit's plain path (no fast path), the reference for the fast path's gain
     loss_steps: int = 20  # training: compare loss trajectories over this many steps (0: skip)
     memory: bool = True
@@ -97,6 +99,10 @@ class BenchSettings:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile (--compile)")
         if self.compile_mode == "reduce-overhead" and not self.device.startswith("cuda"):
             raise ValueError(f"compile_mode='reduce-overhead' is CUDA graphs, which {self.device} has not")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.optimizer != "adamw" and "train" not in self.tasks:
+            raise ValueError(f"optimizer={self.optimizer!r} is for the training rows; add train to the tasks")
         if set(self.tasks) == {"train"} and set(self.precisions) == {"int8"}:
             raise ValueError("int8 is measured for inference only; --tasks train needs --precision fp32 or bf16")
         if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
@@ -357,11 +363,24 @@ def _mode_words(settings: BenchSettings) -> str:
     return f" {settings.compile_mode}" if settings.compile_mode else ""
 
 
+def _optimizer_words(optimizer: str, fused: bool) -> str:
+    adamw = f"AdamW({'fused' if fused else 'default'})"
+    return f"Muon + {adamw}" if optimizer == "muon" else adamw
+
+
 def _train_step(module: nn.Module, forward, images, labels, precision: str, device: torch.device,
-                fused: bool, context=contextlib.nullcontext) -> Callable[[], torch.Tensor]:
-    """One training step closure: forward (under bf16 autocast for precision bf16), cross-entropy, backward, AdamW."""
+                fused: bool, context=contextlib.nullcontext, optimizer: str = "adamw") -> Callable[[], torch.Tensor]:
+    """One training step closure: forward (under bf16 autocast for precision bf16), cross-entropy, backward, and
+    AdamW, or with optimizer "muon" vitkit's Muon on the blocks' weight matrices and AdamW on the rest (as the
+    CIFAR recipes train)."""
     module.train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.05, fused=True if fused else None)
+    if optimizer == "muon":
+        from .training.optim import OptimizerSettings, build_optimizer
+
+        settings = OptimizerSettings("muon", lr=1e-3, weight_decay=0.05, beta1=0.9, beta2=0.999, momentum=0.95)
+        optimizer = build_optimizer(getattr(module, "_orig_mod", module), settings)  # (a compiled module's names)
+    else:
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.05, fused=True if fused else None)
 
     def step():
         with context():
@@ -387,30 +406,33 @@ def _fused_adamw_supported(device: torch.device) -> bool:
 def _train_candidates(settings: BenchSettings, precision: str, model: nn.Module, peers: dict, images, labels,
                       device: torch.device) -> list[Candidate]:
     """Training-step rows: fresh copies of the same weights; vitkit with its fast path and a fused AdamW, the
-    peers (and vitkit's plain path) with PyTorch's default AdamW."""
+    peers (and vitkit's plain path) with PyTorch's default AdamW; or, with optimizer "muon", every row with
+    vitkit's Muon + AdamW."""
     if precision not in ("fp32", "bf16"):
         raise ValueError("training is measured in fp32 and bf16 (autocast) only")
     fused = _fused_adamw_supported(device)
+    muon = settings.optimizer == "muon"  # every implementation then has the same optimizer, its AdamW part fused
     regime = "autocast bf16" if precision == "bf16" else "fp32"
     vitkit_forward = lambda m, x: m(x)  # noqa: E731
-    rows = [Candidate("vitkit", f"{regime}, fast path, AdamW({'fused' if fused else 'default'})", precision,
-                      _train_step(copy.deepcopy(model), vitkit_forward, images, labels, precision, device, fused),
-                      model_bytes(model), reference=True)]
+    opt = settings.optimizer
+    rows = [Candidate("vitkit", f"{regime}, fast path, {_optimizer_words(opt, fused)}", precision,
+                      _train_step(copy.deepcopy(model), vitkit_forward, images, labels, precision, device, fused,
+                                  optimizer=opt), model_bytes(model), reference=True)]
     if settings.plain:
-        rows.append(Candidate("vitkit", f"{regime}, plain path, AdamW(default)", precision,
+        rows.append(Candidate("vitkit", f"{regime}, plain path, {_optimizer_words(opt, fused and muon)}", precision,
                               _train_step(copy.deepcopy(model), vitkit_forward, images, labels, precision, device,
-                                          False, plain_path), model_bytes(model)))
+                                          False, plain_path, optimizer=opt), model_bytes(model)))
     for name, (peer, forward) in peers.items():
-        rows.append(Candidate(name, f"{regime}, AdamW(default)", precision,
-                              _train_step(copy.deepcopy(peer), forward, images, labels, precision, device, False),
-                              model_bytes(peer)))
+        rows.append(Candidate(name, f"{regime}, {_optimizer_words(opt, fused and muon)}", precision,
+                              _train_step(copy.deepcopy(peer), forward, images, labels, precision, device, False,
+                                          optimizer=opt), model_bytes(peer)))
     if settings.compile:
         compiled = torch.compile(copy.deepcopy(model), mode=settings.compile_mode)
-        step = _train_step(compiled, vitkit_forward, images, labels, precision, device, fused)
+        step = _train_step(compiled, vitkit_forward, images, labels, precision, device, fused, optimizer=opt)
         start = time.perf_counter()
         step()
         rows.insert(1, Candidate("vitkit", f"{regime}, torch.compile{_mode_words(settings)}, "
-                                 f"AdamW({'fused' if fused else 'default'})",
+                                 f"{_optimizer_words(opt, fused)}",
                                  precision, step, model_bytes(model), compile_seconds=time.perf_counter() - start))
     return rows
 

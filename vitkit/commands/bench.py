@@ -20,7 +20,7 @@ def _parse_override(text: str):
 
 
 def register(sub) -> None:
-    from ..bench import ALL_PEERS, COMPILE_MODES, PEERS, PRECISIONS, TASKS
+    from ..bench import ALL_PEERS, COMPILE_MODES, OPTIMIZERS, PEERS, PRECISIONS, TASKS
     from . import _args
 
     p = sub.add_parser(
@@ -50,6 +50,9 @@ def register(sub) -> None:
                    "vitkit's static int8 by PT2E, which needs inductor)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode for those rows (default: "
                    "its default); max-autotune on the CPU also tries inductor's C++ matrix-product kernels")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="the training rows' optimizer: adamw (default), or muon: vitkit's Muon on the blocks' weight "
+                   "matrices and AdamW on the rest, for every implementation (as the CIFAR recipes train)")
     p.add_argument("--no-plain", dest="plain", action="store_false", help="leave out vitkit's plain-path rows")
     p.add_argument("--loss-steps", type=_args.count, default=20,
                    help="training: compare loss trajectories over this many steps (0 skips; default 20)")
@@ -94,8 +97,9 @@ def run(args) -> int:
         overrides=dict(_parse_override(o) for o in args.overrides), checkpoint=checkpoint,
         batch_size=args.batch_size, precisions=tuple(args.precision), tasks=tuple(args.tasks),
         peers=tuple(args.peers), repeats=args.repeats, warmup=args.warmup, threads=args.threads or None,
-        device=str(pick_device(args.device)), compile=args.compile, compile_mode=args.compile_mode, plain=args.plain,
-        loss_steps=args.loss_steps, memory=args.memory, ceiling_size=args.ceiling_size)
+        device=str(pick_device(args.device)), compile=args.compile, compile_mode=args.compile_mode,
+        optimizer=args.optimizer, plain=args.plain, loss_steps=args.loss_steps, memory=args.memory,
+        ceiling_size=args.ceiling_size)
     quiet = args.quiet
     report = run_benchmark(settings, log=lambda m: quiet or print(f"[bench] {m}", file=sys.stderr, flush=True))
     if args.json:
