@@ -201,6 +201,13 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-Ti/4")
@@ -208,12 +215,14 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a ViTConfig field (a JSON value or text)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=_positive, default=9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, help="write the report as JSON here")
     args = p.parse_args(argv)
+    if args.output and not args.output.resolve().parent.is_dir():  # found out before the minutes of measuring
+        p.error(f"-o {args.output}: no folder {args.output.parent}")
     overrides = {}
     for text in args.overrides:
         if "=" not in text:
@@ -226,7 +235,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = create_model(args.model, image_size=args.image_size, num_classes=args.num_classes, **overrides)
+    try:
+        model = create_model(args.model, image_size=args.image_size, num_classes=args.num_classes, **overrides)
+    except (TypeError, ValueError) as e:  # an unknown variant or field, a shape that does not fit
+        p.error(f"--model {args.model} with {overrides or 'no overrides'}: {e}")
     for p_ in model.parameters():  # non-zero weights everywhere (the head starts at zero)
         if not p_.any():
             torch.nn.init.normal_(p_, std=0.02)
