@@ -247,8 +247,10 @@ def test_compiled_training_does_not_recompile_for_each_steps_masks(images):
 
 def test_compile_modes_are_checked_and_reach_inductor():
     model = tiny(depth=1)
-    with pytest.raises(ValueError, match="needs compile=True"):
+    with pytest.raises(ValueError, match="needs compile"):
         optimize_for_inference(model, compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="reduce-overhead is CUDA graphs, which cpu has not"):
+        optimize_for_inference(model, compile=True, compile_mode="reduce-overhead")
     with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
         optimize_for_inference(model, compile=True, compile_mode="fastest")
     config = optimize_for_inference(model, compile=True, compile_mode="max-autotune")._forward.get_compiler_config()

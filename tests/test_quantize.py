@@ -50,6 +50,14 @@ def test_pt2e_static_int8_is_close_to_float(setup):
     assert quantized.class_names == model.class_names
 
 
+def test_pt2e_refuses_a_compile_mode_it_cannot_honour(setup):
+    _, _, model = setup
+    with pytest.raises(ValueError, match="compile_mode=max-autotune needs compile"):
+        quantize_pt2e(model, [], compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="reduce-overhead is CUDA graphs, which cpu has not"):
+        quantize_pt2e(model, [], compile=True, compile_mode="reduce-overhead")
+
+
 def test_onnx_static_and_dynamic_int8_keep_the_metadata(setup):
     tmp, data, model = setup
     export_onnx(model, tmp / "model.onnx", check=False, source_sha256="ab" * 32)

@@ -47,7 +47,7 @@ from torch import nn
 from .bench_runtimes import RUNTIMES, runtime_candidates, runtime_files
 from .configs import ViTConfig
 from .models import count_flops, create_model
-from .models.fast import COMPILE_MODES, optimize_for_inference, plain_path, quantize_int8
+from .models.fast import COMPILE_MODES, compile_mode_problem, optimize_for_inference, plain_path, quantize_int8
 
 PRECISIONS = ("fp32", "bf16", "int8")
 OPTIMIZERS = ("adamw", "muon")
@@ -93,12 +93,9 @@ class BenchSettings:
         bad = [p for p in self.peers if p not in ALL_PEERS]
         if bad:
             raise ValueError(f"unknown peer(s) {bad}; expected some of {ALL_PEERS}")
-        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {self.compile_mode!r}; expected one of {COMPILE_MODES}")
-        if self.compile_mode is not None and not self.compile:
-            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile (--compile)")
-        if self.compile_mode == "reduce-overhead" and not self.device.startswith("cuda"):
-            raise ValueError(f"compile_mode='reduce-overhead' is CUDA graphs, which {self.device} has not")
+        problem = compile_mode_problem(self.compile_mode, compile=self.compile, device=self.device)
+        if problem:
+            raise ValueError(problem)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
         if self.optimizer != "adamw" and "train" not in self.tasks:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .files import atomic_path
-from .models.fast import plain_path
+from .models.fast import compile_mode_problem, plain_path
 
 ONNX_QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")  # the products; LayerNorm, Softmax, GELU and the adds stay float
 
@@ -60,8 +60,9 @@ def quantize_pt2e(model: nn.Module, calibration: Iterable[torch.Tensor], compile
     `compile` the result runs the int8 arithmetic as quantize/dequantize around float ops (right numbers, float
     speed: for accuracy); with `compile`, inductor (weights frozen) fuses them into int8 kernels (for speed; the
     first call compiles, minutes on a small CPU), in torch.compile's `compile_mode` if given."""
-    if compile_mode is not None and not compile:
-        raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
+    problem = compile_mode_problem(compile_mode, compile=compile, device="cpu")  # X86InductorQuantizer: the CPU
+    if problem:
+        raise ValueError(problem)
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86

@@ -36,6 +36,23 @@ EXPLICIT_ATTENTION_MAX_TOKENS = 577
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
+def compile_mode_problem(mode: str | None, *, compile: bool, backend: str = "inductor",
+                         device: str | torch.device | None = None) -> str | None:
+    """Why torch.compile cannot honour `mode` here, or None: the one wording of the rule for training, the bench,
+    inference and int8. `device` None means not known yet (checked again once it is)."""
+    if mode is None or mode == "default":
+        return None
+    if mode not in COMPILE_MODES:
+        return f"compile_mode={mode!r}, expected one of {', '.join(COMPILE_MODES)}"
+    if not compile:
+        return f"compile_mode={mode} needs compile (--compile, compile=True)"
+    if backend != "inductor":
+        return f"compile_mode={mode} is inductor's; compile_backend={backend!r} has none"
+    if mode == "reduce-overhead" and device is not None and torch.device(device).type != "cuda":
+        return f"compile_mode=reduce-overhead is CUDA graphs, which {device} has not; use default or max-autotune"
+    return None
+
+
 def fast_path_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
@@ -202,8 +219,9 @@ def optimize_for_inference(model: nn.Module, dtype: torch.dtype | str | None = N
     them at every call); `compile=True` adds torch.compile with frozen weights (its first call compiles: ~35 s for
     ViT-B/16 on a 2-core CPU, and it was not faster there than the eager fast path), in torch.compile's
     `compile_mode` (e.g. "max-autotune")."""
-    if compile_mode is not None and (compile_mode not in COMPILE_MODES or not compile):
-        raise ValueError(f"compile_mode={compile_mode!r} needs compile=True and one of {', '.join(COMPILE_MODES)}")
+    problem = compile_mode_problem(compile_mode, compile=compile, device=next(model.parameters(), torch.empty(0)).device)
+    if problem:
+        raise ValueError(problem)
     if isinstance(dtype, str):
         names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16}

@@ -23,7 +23,7 @@ from typing import Any
 from ..configs import POOLS, variant_config
 from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
-from ..models.fast import COMPILE_MODES
+from ..models.fast import compile_mode_problem
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 from .optim import OPTIMIZER_READS
 
@@ -259,12 +259,10 @@ class TrainConfig:
             if self.compile_backend not in backends:
                 fail(f"compile_backend={self.compile_backend!r} is not a torch.compile backend here; expected one "
                      f"of {', '.join(torch._dynamo.list_backends())} (or eager, aot_eager for debugging)")
-        if self.compile_mode not in COMPILE_MODES:
-            fail(f"compile_mode={self.compile_mode!r}, expected one of {', '.join(COMPILE_MODES)}")
-        if self.compile_mode != "default" and not self.compile:
-            fail(f"compile_mode={self.compile_mode} needs compile=true (--compile)")
-        if self.compile_mode != "default" and self.compile_backend != "inductor":
-            fail(f"compile_mode={self.compile_mode} is inductor's; compile_backend={self.compile_backend!r} has none")
+        problem = compile_mode_problem(self.compile_mode, compile=self.compile, backend=self.compile_backend,
+                                       device=None if self.device == "auto" else self.device)
+        if problem:
+            fail(problem)
         if self.batch_size < 1 or self.accum_steps < 1:
             fail("batch_size and accum_steps must be positive")
         if self.batch_size % self.accum_steps:

@@ -38,6 +38,7 @@ from ..data import StepBatchSampler, TransformedImages, auto_workers, eval_loade
 from ..data import train_loader, train_transform
 from ..data.memory import TensorAugment, TensorBatches, stack_images
 from ..errors import CheckpointError, UsageError
+from ..models.fast import compile_mode_problem
 from ..eval.metrics import EvalResult
 from . import distributed, faults, run_folder
 from .build import build_model, check_model_settings, describe, model_preprocessing, runtime_settings
@@ -303,9 +304,10 @@ class _Run:
         resume_ckpt = self.load_resume_checkpoint(self.run_dir, chosen) if self.resume and not self.restart else None
         if resume_ckpt is None:
             check_model_settings(c)  # before the data scan, which can take minutes
-        if c.compile and c.compile_mode == "reduce-overhead" and info.device.type != "cuda":
-            raise UsageError(f"compile_mode=reduce-overhead is CUDA graphs, which {info.device} has not; use "
-                             "default or max-autotune")
+        problem = compile_mode_problem(c.compile_mode, compile=c.compile, backend=c.compile_backend,
+                                       device=info.device)  # "auto" is resolved only now
+        if problem:
+            raise UsageError(problem)
         torch.manual_seed(c.seed)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
