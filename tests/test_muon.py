@@ -12,7 +12,7 @@ import vitkit
 from vitkit.cli import main
 from vitkit.errors import UsageError
 from vitkit.training import checkpoint as ckpt
-from vitkit.training.optim import MuonAdamW, OptimizerSettings, build_optimizer, muon_parameters
+from vitkit.training.optim import BatchedMuon, MuonAdamW, OptimizerSettings, build_optimizer, muon_parameters
 from vitkit.training.trainer import train
 
 from test_train import tiny_config, train_records
@@ -68,6 +68,29 @@ def test_each_part_steps_as_torchs_own_optimizer_would():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     moved = model.blocks[0].attn.qkv.weight - tiny_model().blocks[0].attn.qkv.weight
     assert moved.abs().max() > 0
+
+
+@pytest.mark.parametrize("adjust_lr_fn", [None, "original", "match_rms_adamw", "spectral_unclamped"])
+def test_batched_muon_is_torchs_muon_for_every_learning_rate_scale(adjust_lr_fn):
+    """Tall, wide and repeated shapes, each of torch's `adjust_lr_fn` scales: BatchedMuon steps as torch.optim.Muon."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(96, 32), (96, 32), (32, 96), (32, 32)]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=True, adjust_lr_fn=adjust_lr_fn)
+    try:
+        reference = torch.optim.Muon(theirs, **settings)
+    except ValueError:
+        pytest.skip(f"this torch has no adjust_lr_fn={adjust_lr_fn!r}")
+    batched = BatchedMuon(ours, **settings)
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        batched.step()
+        reference.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_a_muon_run_resumes_to_the_same_losses_and_a_changed_optimizer_is_named(tmp_path):

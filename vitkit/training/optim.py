@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim._muon import _adjust_lr  # Muon's per-matrix learning-rate scale, as torch.optim.Muon applies it
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -87,16 +88,6 @@ def _orthogonalise(updates: list[torch.Tensor], coefficients: tuple[float, float
     return [o.T if tall else o for o in x.unbind(0)]
 
 
-def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
-    """Muon's per-matrix scale of the learning rate, as torch.optim.Muon's `adjust_lr_fn` names it."""
-    rows, cols = shape[:2]
-    if adjust_lr_fn == "match_rms_adamw":  # the RMS of an AdamW step (Liu et al. 2025)
-        return 0.2 * math.sqrt(max(rows, cols))
-    if adjust_lr_fn in (None, "original"):
-        return math.sqrt(max(1.0, rows / cols))
-    raise ValueError(f"unknown adjust_lr_fn {adjust_lr_fn!r}")
-
-
 class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon (same settings, same state, same update) with the orthogonalisation of same-shaped
     matrices batched (a ViT has a few shapes, each repeated in every block)."""
@@ -121,7 +112,7 @@ class BatchedMuon(torch.optim.Muon):
                                        group["eps"])
                 for i, update in zip(indices, ortho):
                     params[i].mul_(1 - lr * decay)
-                    params[i].add_(update, alpha=-lr * _muon_lr_ratio(group["adjust_lr_fn"], params[i].shape))
+                    params[i].add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], params[i].shape))
 
 
 class MuonAdamW:
