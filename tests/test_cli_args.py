@@ -203,3 +203,45 @@ def test_models_table_leaves_out_what_does_not_fit(capsys):
     assert code == 2 and "did you mean" in err and err.count("\n") == 1
     code, err = run_main(["models", "ViT-H/14", "--image-size", "32"], capsys)
     assert code == 2 and "no variant asked for fits it" in err
+
+
+def test_misspelt_choices_are_one_line_and_posemb_none_is_a_value(tmp_path, capsys):
+    """"none" is a position-embedding choice (no position embeddings), not "unset"; misspelt choices whose
+    field may be unset name the choices instead of failing on the unset one."""
+    from vitkit.training.config import parse_value
+
+    assert parse_value("posemb", "none") == "none" and parse_value("posemb", "null") is None
+    assert parse_value("pool", "none") is None
+    assert main(["train", "--posemb", "none", "--print-config"]) == 0
+    assert '"posemb": "none"' in capsys.readouterr().out
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('posemb = "none"\n')
+    assert load_recipe(recipe).posemb == "none"
+    for flag, value, allowed in (("--pool", "avg", "token, gap, map"), ("--interpolation", "bicubix", "bilinear"),
+                                 ("--resample-method", "foo", "bicubic-antialias")):
+        assert main(["train", flag, value, "--print-config"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expected one of" in err and allowed in err, err
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".."])
+def test_a_run_name_is_one_folder_inside_out_dir(tmp_path, capsys, name):
+    assert main(["train", "--out-dir", str(tmp_path / "runs"), "--name", name, "--print-config"]) == 2
+    assert "must be one folder name inside out_dir" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--mix-prob", "0.5"], "mix_prob=0.5 (--mix-prob) has no effect without Mixup or CutMix"),
+    (["--crop", "inception", "--crop-padding", "8"], "has no effect without --crop pad_crop"),
+    (["--randaugment-magnitude", "5"], "has no effect without RandAugment"),
+    (["--val-split", "none", "--eval-every", "5"], "eval_every=5 (--eval-every) has no effect without a validation"),
+    (["--val-split", "none", "--val-per-class", "2"], "has no effect without a hold-out"),
+    (["--ema-warmup"], "has no effect without an EMA of the weights"),
+    (["--data", "digits", "--shuffle-buffer", "10"], "has no effect without data given as tar shards"),
+])
+def test_a_setting_with_no_effect_here_is_refused(capsys, flags, words):
+    assert main(["train", *flags, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert main(["train", "--mixup-alpha", "0.2", "--mix-prob", "0.5", "--print-config"]) == 0  # with its partner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,9 @@ def test_class_matching():
     np.testing.assert_array_equal(match_classes(["a", "b", "c"], 3, ["c", "a"]), [2, 0])
     np.testing.assert_array_equal(match_classes(None, 10, ["3", "7"]), [3, 7])  # folders named by index
     np.testing.assert_array_equal(match_classes(None, 2, ["x", "y"]), [0, 1])  # same count: by order
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # the same name as Windows/Linux and as macOS write it
+    np.testing.assert_array_equal(match_classes(["dog", composed], 2, [decomposed, "dog"]), [1, 0])
+    np.testing.assert_array_equal(match_classes([decomposed, "dog"], 2, [composed]), [0])
     with pytest.raises(UsageError, match="class 'z' is not one of the checkpoint's 3 classes"):
         match_classes(["a", "b", "c"], 3, ["a", "z"])
     with pytest.raises(UsageError, match="has 2 classes but the checkpoint has 5"):
@@ -273,3 +277,22 @@ def test_eval_on_a_subset_of_the_classes(folder_run, tmp_path, capsys, present):
         else:
             assert classes == [*present, "other"] and matrix[:, -1].tolist() == [5] * len(present)
             assert report["top1"] == 0 and all(v == 0 for v in report["per_class"].values())
+
+
+def test_results_of_other_data_are_replaced_aloud_and_quiet_keeps_warnings(folder_run, tmp_path, capsys):
+    result, data = folder_run
+    out = tmp_path / "out"
+    subset = tmp_path / "subset"
+    shutil.copytree(data / "cat", subset / "cat")
+    (subset / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    base = ["eval", str(result.run_dir), "--split", "all", "-o", str(out), "--no-progress"]
+    assert main([*base, "--data", str(data)]) == 0
+    assert "replacing" not in capsys.readouterr().out
+    assert main([*base, "--data", str(data), "-q"]) == 0  # the same evaluation again: no replacing note
+    err = capsys.readouterr().err
+    assert "replacing" not in err and "vitkit: note: every image of" in err  # -q keeps the notes
+    assert main([*base, "--data", str(subset), "--max-bad-fraction", "0.5", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: replacing {out / 'results.json'}, an evaluation of checkpoint" in err and str(data) in err
+    assert "broken.png" in err  # -q keeps what warns
+    assert json.loads((out / "results.json").read_text())["data"] == str(subset)

@@ -64,7 +64,7 @@ def test_representation_size_trains_an_mlp_head_that_fine_tuning_drops(tmp_path)
 
 
 def test_the_new_options_are_flags(capsys):
-    assert main(["train", "--crop-pct", "0.875", "--representation-size", "768", "--ema-warmup",
+    assert main(["train", "--crop-pct", "0.875", "--representation-size", "768", "--ema-warmup", "--ema-decay", "0.999",
                  "--print-config"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["crop_pct"] == 0.875 and config["representation_size"] == 768 and config["ema_warmup"] is True

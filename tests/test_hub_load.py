@@ -217,9 +217,11 @@ def test_timm_entry_by_name_gets_heads_class_names_and_preprocessing_from_the_ca
     from safetensors.torch import load_file, save_file
 
     save_file(load_file(tmp_path / "t.safetensors"), tmp_path / "t.safetensors")  # timm's files have no vitkit notes
-    # timm's config.json, with the model_args of this narrow, one-block copy of the architecture
+    # timm's config.json, with the model_args of this narrow, one-block copy of the architecture, and its
+    # pretrained_cfg (which the folder's preprocessing comes from) without label_names (the catalog names the classes)
     hub_config = (b'{"architecture": "vit_base_patch16_224", "num_classes": 1000, '
-                  b'"model_args": {"embed_dim": 48, "depth": 1}}')
+                  b'"model_args": {"embed_dim": 48, "depth": 1}, "pretrained_cfg": {"input_size": [3, 224, 224], '
+                  b'"interpolation": "bicubic", "crop_pct": 0.9, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}')
     hub.add_repo(f"timm/{timm_name}", {"config.json": hub_config,
                                        "model.safetensors": (tmp_path / "t.safetensors").read_bytes()})
     import warnings

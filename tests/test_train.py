@@ -440,3 +440,27 @@ def test_resnet_fields_make_the_papers_hybrid_and_survive_the_checkpoint(tmp_pat
     assert apply_overrides(TrainConfig(), {"resnet_layers": "3,4,9"}).resnet_layers == [3, 4, 9]
     with pytest.raises(UsageError, match="resnet_layers.*1.5"):
         apply_overrides(TrainConfig(), {"resnet_layers": "1.5"})
+
+
+def test_resume_refuses_what_it_would_ignore(tmp_path, capsys):
+    """A resumed run keeps its model and its folder: an architecture flag or another --name is refused, before
+    anything is written (config.json would otherwise describe a model the checkpoint does not hold)."""
+    config = tiny_config(tmp_path, checkpoint_every=2, stop_after=2)
+    run = train(config, log=quiet).run_dir
+    before = (run / "config.json").read_text()
+    for extra, words in ((["--width", "64"], "--width 64 would change it"),
+                         (["--image-size", "48"], "--image-size 48 would change it"),
+                         (["--name", "other"], "--name other names another run folder")):
+        assert main(["train", "--resume", str(run), "--progress", "false", *extra]) == 2
+        assert words in capsys.readouterr().err
+    assert (run / "config.json").read_text() == before and not (tmp_path / "runs" / "other").exists()
+    assert main(["train", "--resume", str(run), "--name", "run", "--progress", "false", "--num-workers", "0"]) == 0
+
+
+def test_an_unfinished_run_is_read_from_its_newest_checkpoint_said_aloud(tmp_path, capsys):
+    run = train(tiny_config(tmp_path, checkpoint_every=2, stop_after=4), log=quiet).run_dir
+    assert not (run / "model.safetensors").exists()
+    with pytest.warns(vitkit.errors.GuessWarning, match="no final model.safetensors .* newest checkpoint, step 4"):
+        from vitkit.hub.resolve import model_source
+
+        assert model_source(run) == run / "checkpoints" / "step_00000004" / "model.safetensors"

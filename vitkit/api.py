@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .configs import CHECKPOINT_HINTS
 from .errors import UsageError
 
 MAIN_JOB = "digits"  # vitkit train with neither --recipe nor --data
@@ -71,7 +72,7 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
                      log: Callable[[str], None] | None = print) -> Resolved:
     """The configuration of a training run, every value with its source; `log` receives the announcements (which
     recipe was chosen when none was named). One-line UsageErrors for what cannot be honoured."""
-    from .training.config import ARCHITECTURE_FIELDS, FIELDS, TrainConfig, apply_overrides
+    from .training.config import ARCHITECTURE_FIELDS, FIELDS, MODEL_FIELDS, TrainConfig, apply_overrides
     from .training.config import smoke as shrink
     from .training.trainer import load_run_config
 
@@ -91,8 +92,12 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
                 raise UsageError("--resume without a folder needs --name (or pass the run folder: --resume runs/NAME)")
             resume = str(Path(settings.get("out_dir", "runs")) / settings["name"])
         run_dir, _ = run_folder.resolve_resume(resume)
-        settings.pop("name", None)
-        settings.pop("out_dir", None)
+        elsewhere = {k: settings.pop(k) for k in ("name", "out_dir") if k in settings}
+        if elsewhere and Path(elsewhere.get("out_dir", run_dir.parent)) / elsewhere.get("name", run_dir.name) \
+                != run_dir:
+            raise UsageError(f"--resume continues {run_dir}; "
+                             f"{', '.join(f'{_flag(k)} {v}' for k, v in elsewhere.items())} "
+                             "names another run folder: drop it (a run keeps its folder)")
         base = load_run_config(run_dir)
         previous = run_dir / run_folder.PROVENANCE
         if previous.is_file():
@@ -100,8 +105,13 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
             sources.update({k: v["source"] for k, v in stored.items() if k in sources})
         sources.update({k: f"the run's {run_folder.CONFIG}" for k in FIELDS if sources[k] == "default"})
         config = apply_overrides(base, settings)
+        changed = [k for k in MODEL_FIELDS if getattr(config, k) != getattr(base, k)]
+        if changed:
+            raise UsageError(f"--resume continues {run_dir}'s model, which its checkpoint fixes; "
+                             f"{', '.join(f'{_flag(k)} {getattr(config, k)}' for k in changed)} "
+                             f"would change it: drop it, or start a new run from this one with --init-from {run_dir}")
         sources.update({k: "setting" for k in settings})
-        return Resolved(_check_optimizer_settings(config.validate(), sources, say), sources, str(resume), None)
+        return Resolved(_check_unused_settings(config.validate(), sources, say), sources, str(resume), None)
 
     layers: list[tuple[dict[str, Any], str]] = []
     if finetune:
@@ -158,14 +168,21 @@ def resolve_training(recipe: str | os.PathLike | None = None, settings: dict[str
         # what the user set explicitly wins over the shrink (--smoke --batch-size 4 trains at 4)
         config = shrunk.replace(**{k: before[k] for k in settings if k in before and before[k] != getattr(shrunk, k)})
         sources.update({k: "smoke" for k, v in config.to_dict().items() if before[k] != v})
-    config = _check_optimizer_settings(config.validate(), sources, say)  # (settings a pipeline cannot honour: refused)
+    config = _check_unused_settings(config.validate(), sources, say)  # (settings a pipeline cannot honour: refused)
     return Resolved(config, sources, False, chosen)
 
 
-def _check_optimizer_settings(config, sources: dict[str, str], say: Callable[[str], None]):
-    """beta1, beta2 or momentum that the chosen optimizer does not read: refused when set here, announced when a
-    recipe (or the run being resumed) brought it. An unset momentum that the optimizer reads gets its default here,
+def _flag(name: str) -> str:
+    """A TrainConfig field's command-line flag."""
+    return "--" + name.replace("_", "-")
+
+
+def _check_unused_settings(config, sources: dict[str, str], say: Callable[[str], None]):
+    """beta1, beta2 or momentum that the chosen optimizer does not read, and settings that act only beside another
+    which is off (`idle_settings`): refused when set here, announced when a recipe (or the run being resumed)
+    brought them. An unset momentum that the optimizer reads gets its default here,
     so that the run's config shows the number."""
+    from .training.config import idle_settings
     from .training.optim import DEFAULT_MOMENTUM, OPTIMIZER_READS
 
     reads = OPTIMIZER_READS[config.optimizer]
@@ -178,6 +195,13 @@ def _check_optimizer_settings(config, sources: dict[str, str], say: Callable[[st
                          f"{'it' if len(told) == 1 else 'them'} or choose another optimizer")
     for k in unread:
         say(f"note: {k} = {getattr(config, k)} ({sources[k]}) is not used by optimizer {config.optimizer}")
+    idle = idle_settings(config)  # settings that act only beside another, which is off here
+    told = [k for k in idle if sources.get(k) == "setting"]
+    if told:
+        k = told[0]
+        raise UsageError(f"{k}={getattr(config, k)!r} ({_flag(k)}) has no effect without {idle[k]}")
+    for k, needs in idle.items():
+        say(f"note: {k} = {getattr(config, k)} ({sources.get(k)}) has no effect without {needs}")
     if config.momentum is None and config.optimizer in DEFAULT_MOMENTUM:  # shown in the config, not applied unseen
         config = config.replace(momentum=DEFAULT_MOMENTUM[config.optimizer])
         sources["momentum"] = f"default for {config.optimizer}"
@@ -218,12 +242,19 @@ def finetune(model_or_name: str | os.PathLike, data: str | os.PathLike, *, recip
 
 
 # ------------------------------------------------------------------------------------------- use a model
-def _model(model_or_path, num_heads=None, pool=None):
+def _model(model_or_path, hints: dict):
+    """The model to use, and where it came from; `hints` (`load`'s keywords, CHECKPOINT_HINTS) are for checkpoint files."""
     from .checkpoints import load
     from .hub.resolve import model_source
 
+    unknown = sorted(set(hints) - set(CHECKPOINT_HINTS))
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; the checkpoint's are {', '.join(CHECKPOINT_HINTS)}")
+    hints = {k: v for k, v in hints.items() if v is not None}
     if isinstance(model_or_path, (str, os.PathLike)):
-        return load(model_source(str(model_or_path)), num_heads=num_heads, pool=pool), str(model_or_path)
+        return load(model_source(str(model_or_path)), **hints), str(model_or_path)
+    if hints:
+        raise UsageError(f"{', '.join(hints)} say what a checkpoint file leaves open; the model given is built")
     if hasattr(model_or_path, "model") and hasattr(model_or_path, "run_dir"):  # a TrainResult
         return model_or_path.model, str(model_or_path.run_dir)
     return model_or_path, None
@@ -235,7 +266,7 @@ def evaluate(model_or_path, data: str | os.PathLike | None = None, *, num_heads:
     record `vitkit eval --json` prints and results.json holds.
 
     model_or_path: a VisionTransformer, a TrainResult, a run folder, a checkpoint file, or a pre-trained name
-    (num_heads=, pool= for files that do not record them). For a run, `data` defaults to the run's, and split "auto"
+    (num_heads=, pool=, image_size=, gelu=, layer_norm_eps=, ema= for files that do not record them). For a run, `data` defaults to the run's, and split "auto"
     is the run's own evaluation split exactly as it was held out (holdout.json); "all" is every image, "holdout" a
     fresh hold-out of other data (val_fraction=, val_per_class=, split_seed=). Other options, as `vitkit eval`'s
     flags: limit_per_class, max_bad_fraction (0.01), few_shot=[1, 5, ...] with few_shot_draws (5) for the paper's
@@ -254,28 +285,30 @@ def evaluation(model_or_path, data: str | os.PathLike | None = None, *, num_head
     and `.folder` (where the files went), for a printed report (`vitkit eval`)."""
     from .eval.report import evaluate_model
 
-    model, where = _model(model_or_path, num_heads=num_heads, pool=pool)
+    hints = {name: options.pop(name) for name in CHECKPOINT_HINTS if name in options}
+    model, where = _model(model_or_path, {"num_heads": num_heads, "pool": pool, **hints})
     return evaluate_model(model, where, data, **options)
 
 
 def predict(model_or_path, images, top_k: int = 5, *, batch_size: int = 32, device: str = "auto",
             num_heads: int | None = None, pool: str | None = None, max_bad_fraction: float | None = 0.0,
-            log: Callable[[str], None] | None = None) -> list[list[tuple[str, float]]]:
+            log: Callable[[str], None] | None = None, **hints) -> list[list[tuple[str, float]]]:
     """The top-k (class name, probability) of each image, best first, as one list per image.
 
     model_or_path: as for `evaluate`, or a file `vitkit export` wrote (.onnx, .pt2: run on the CPU). images: a path,
     a folder (each image file inside, in order), a PIL image, or a list of them. The class names and the
     preprocessing come from the model (class indices as names where it has none). An unreadable file is an error,
     unless max_bad_fraction allows a share of them (1.0: any), whose lists are then empty; `log` receives the
-    warnings (default: none). `predictions` returns the same as records with file names and class indices."""
+    warnings (default: none). num_heads=, pool= and `hints` (image_size=, gelu=, layer_norm_eps=, ema=) say what a
+    checkpoint file leaves open. `predictions` returns the same as records with file names and class indices."""
     records = predictions(model_or_path, images, top_k, batch_size=batch_size, device=device, num_heads=num_heads,
-                          pool=pool, max_bad_fraction=max_bad_fraction, log=log)
+                          pool=pool, max_bad_fraction=max_bad_fraction, log=log, **hints)
     return [[(p["class"], p["probability"]) for p in record.get("predictions", [])] for record in records]
 
 
 def predictions(model_or_path, images, top_k: int = 5, *, batch_size: int = 32, device: str = "auto",
                 num_heads: int | None = None, pool: str | None = None, max_bad_fraction: float | None = 0.0,
-                log: Callable[[str], None] | None = None) -> list[dict]:
+                log: Callable[[str], None] | None = None, **hints) -> list[dict]:
     """`vitkit.predict` as the records `vitkit predict --json` prints: {"image": path, "predictions": [{"class",
     "index", "probability"}, ...]}, or {"image": path, "error": reason} for a file skipped as unreadable ("image":
     None for a PIL image)."""
@@ -285,14 +318,15 @@ def predictions(model_or_path, images, top_k: int = 5, *, batch_size: int = 32, 
     if isinstance(model_or_path, (str, os.PathLike)) and str(model_or_path).lower().endswith((".onnx", ".pt2")):
         from .export import load_exported  # an exported file: names and preprocessing inside
 
-        if num_heads or pool:
-            raise UsageError(f"{model_or_path}: an exported file records its model; --num-heads and --pool "
-                             "are for checkpoints")
+        given = [name for name, value in {"num_heads": num_heads, "pool": pool, **hints}.items() if value is not None]
+        if given:
+            raise UsageError(f"{model_or_path}: an exported file records its model; {', '.join(given)} are for "
+                             "checkpoints")
         if device not in ("auto", "cpu"):
             raise UsageError(f"{model_or_path}: exported files run on the CPU here, not --device {device}")
         model, where, device = load_exported(model_or_path), str(model_or_path), "cpu"
     else:
-        model, where = _model(model_or_path, num_heads=num_heads, pool=pool)
+        model, where = _model(model_or_path, {"num_heads": num_heads, "pool": pool, **hints})
         device = pick_device(device)
         model.to(device)
     return predict_records(model, images, top_k, batch_size=batch_size, device=device,

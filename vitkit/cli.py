@@ -8,6 +8,7 @@ checkpoint, a full disk) prints one line and exits with code 2; set VITKIT_DEBUG
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import pkgutil
@@ -50,12 +51,19 @@ def _version() -> str:
 _default_showwarning = warnings.showwarning
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """vitkit's own warnings (a guessed value) as one line naming the command, not Python's two-line format."""
-    if issubclass(category, GuessWarning):
-        print(f"vitkit: warning: {message}", file=sys.stderr)
-    else:
+def _show_warning(message, category, filename, lineno, file=None, line=None, parser=None):
+    """vitkit's own warnings (a guessed value) as one line naming the command, not Python's two-line format; a guess
+    names the command's flags that say the values (as assumed: correct what is wrong)."""
+    if not issubclass(category, GuessWarning):
         _default_showwarning(message, category, filename, lineno, file, line)
+        return
+    guessed = getattr(message, "guessed", None)
+    flags = {s for action in parser._actions for s in action.option_strings} if parser is not None else set()
+    if guessed and all("--" + name.replace("_", "-") in flags for name in guessed):
+        from .commands._args import hint_flags
+
+        message = f"{message.what}; to say them, give (correcting what is wrong): {hint_flags(guessed)}"
+    print(f"vitkit: warning: {message}", file=sys.stderr)
 
 
 _PYTHON_HINT = re.compile(r"\b(pass |given as |set )([a-z][a-z0-9_]*)= ?")
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GuessWarning)
-            warnings.showwarning = _show_warning
+            warnings.showwarning = functools.partial(_show_warning, parser=_command_parser(parser, args))
             from .commands._args import finish
 
             finish(args)

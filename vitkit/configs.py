@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 POOLS = ("token", "gap", "map")
 # Fields that change how a model trains, not the function it computes: free to set on a loaded checkpoint.
 TRAINING_FIELDS = ("dropout", "attention_dropout", "drop_path", "patch_dropout")
+# What a checkpoint file may leave open (the fields a loader guesses and announces) and which of a training
+# checkpoint's weights to take: `load`'s keywords that every command reading a checkpoint offers as flags.
+CHECKPOINT_HINTS = ("num_heads", "pool", "image_size", "gelu", "layer_norm_eps", "ema")
 POSEMBS = ("learned", "learned_2d", "sincos_2d", "none")
 GELUS = ("exact", "tanh")
 WEIGHT_STDS = ("jax", "timm")
@@ -85,7 +89,14 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # (0.5, 0.5) scaling maps [0, 1] to [-1, 1], as the paper's code
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bilinear"
-    crop_pct: float = 1.0  # resize to image_size / crop_pct, then centre-crop image_size
+    crop_pct: float = 1.0  # resize to floor(image_size / crop_pct) (timm's rule), then centre-crop image_size
+    resize: str | None = None  # "squash": each side to its target (aspect ratio lost); "shorter": keep the aspect
+    #                            ratio, the image just covering the target (timm's crop_mode "center", Hugging Face's
+    #                            shortest_edge); None (every file before this field): squash at crop_pct 1, else shorter
+    resize_size: tuple[int, int] | None = None  # the target before the crop where crop_pct cannot state it exactly
+    #                                             (Hugging Face's `size`); None: floor(image_size / crop_pct)
+    crop_offset: str = "round"  # an odd margin's split: "round" (torchvision's CenterCrop, timm's), "floor" (Hugging
+    #                             Face's processors)
 
     def __post_init__(self):
         self.image_size = to_pair(self.image_size)
@@ -93,6 +104,23 @@ class Preprocessing:
         self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
         if len(self.mean) != len(self.std) or not self.mean or not all(s > 0 for s in self.std):
             raise ValueError(f"invalid preprocessing: mean {self.mean}, std {self.std}")
+        if self.resize_size is not None:
+            self.resize_size = to_pair(self.resize_size)
+        if not 0 < self.crop_pct <= 1 or self.resize not in (None, "squash", "shorter") or self.crop_offset not in (
+                "round", "floor") or any(r < s for r, s in zip(self.resize_target(), self.image_size)):
+            raise ValueError(f"invalid preprocessing: crop_pct={self.crop_pct}, resize={self.resize!r}, resize_size="
+                             f"{self.resize_size}, crop_offset={self.crop_offset!r} for image_size {self.image_size}")
+
+    @property
+    def resize_mode(self) -> str:
+        """"squash" or "shorter"; an unset `resize` keeps the meaning files had before the field existed."""
+        return self.resize or ("squash" if self.crop_pct >= 1.0 else "shorter")
+
+    def resize_target(self) -> tuple[int, int]:
+        """The (height, width) resized to before the centre crop: floor, as timm's `transforms_imagenet_eval`."""
+        if self.resize_size is not None:
+            return self.resize_size
+        return tuple(math.floor(s / self.crop_pct) for s in self.image_size)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

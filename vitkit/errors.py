@@ -41,4 +41,8 @@ def _download_error(url: str, full_message: str) -> DownloadError:
 
 class GuessWarning(UserWarning):
     """A checkpoint did not record a value that decides the model (a timm state dict's head count, say), so `load`
-    assumed one; the message names each guess and the keyword that says it instead."""
+    assumed one; the message names each guess and the keyword that says it instead (`what`: the message without that
+    advice, `guessed`: keyword -> value assumed)."""
+
+    what: str = ""
+    guessed: dict = {}

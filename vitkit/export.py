@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_path
 from .models.fast import plain_path
+from .models.posemb import interpolate_grid
 
 FORMATS = ("onnx", "pt2")
 PT2_METADATA_FILE = "vitkit.json"  # the extra file of a .pt2 archive holding `export_metadata`
@@ -54,9 +54,7 @@ def _resampled_positions(model, grid=None) -> torch.Tensor | None:
     prefix = c.num_posemb_prefix_tokens
     old_h, old_w = c.grid_size
     table = model.pos_embed[0, prefix:].reshape(old_h, old_w, -1).permute(2, 0, 1).unsqueeze(0).float()  # (1,D,h,w)
-    method = model.resample_method
-    kwargs = {} if method == "nearest" else {"align_corners": method == "bilinear"}  # as posemb.resample_grid
-    table = F.interpolate(table, size=tuple(grid), mode=method, **kwargs)
+    table = interpolate_grid(table, tuple(grid), model.resample_method)
     table = table.flatten(2).transpose(1, 2).to(model.pos_embed.dtype)  # (1, gh * gw, D)
     return torch.cat([model.pos_embed[:, :prefix], table], dim=1)
 

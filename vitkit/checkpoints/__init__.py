@@ -18,12 +18,13 @@ import torch
 
 from ..configs import POOLS, TRAINING_FIELDS, Preprocessing, ViTConfig, to_pair
 from ..errors import CheckpointError, GuessWarning
+from ..models.posemb import RESAMPLE_METHODS
 from ..models.vit import VisionTransformer
 from .common import Converted, Settings, check_against_model, check_block_counts, contradiction
 from .google_npz import from_google, looks_like_google, to_google
 from .hf import from_hf, looks_like_hf, read_hf_dir, read_preprocessing, write_hf_dir
 from .io import (NPZ_SUFFIXES, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, atomic_path, read_npz, read_safetensors,
-                 read_torch, save_safetensors)
+                 read_torch, save_safetensors, unwrapped)
 from .torchvision import from_torchvision, looks_like_torchvision, to_torchvision
 from .timm import from_timm, is_timm_hub, looks_like_timm, read_timm_hub, timm_kwargs, to_timm
 
@@ -40,6 +41,8 @@ def _metadata(model: VisionTransformer, fmt: str) -> dict[str, str]:
     }
     if model.class_names:
         meta["vitkit.class_names"] = json.dumps(list(model.class_names))
+    if model.resample_method != "bicubic":  # how the model resamples for other input sizes (its source's way)
+        meta["vitkit.resample_method"] = model.resample_method
     return meta
 
 
@@ -49,8 +52,12 @@ def _vitkit_from_metadata(meta: dict[str, str], tensors: dict[str, torch.Tensor]
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(path, f"invalid model config in the metadata ({e})", key="vitkit.config") from None
     preprocessing, class_names = _extras_from_metadata(meta, path)
+    resample = meta.get("vitkit.resample_method", "bicubic")
+    if resample not in RESAMPLE_METHODS:
+        raise CheckpointError(path, f"unknown resampling method {resample!r}; expected one of "
+                              f"{', '.join(RESAMPLE_METHODS)}", key="vitkit.resample_method")
     return Converted(config, dict(tensors), {}, preprocessing or Preprocessing(image_size=config.image_size),
-                     class_names)
+                     class_names, dynamic_resample=resample)
 
 
 def _extras_from_metadata(meta: dict[str, str], path):
@@ -104,7 +111,8 @@ def _given(path, fields: dict) -> dict:
     return given
 
 
-def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, **fields) -> Converted:
+def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, ema: bool | None = None,
+                    **fields) -> Converted:
     """Any supported file or folder, catalog name (`vitkit.list_pretrained()`) or URI, converted to vitkit's names
     and a config; `fields` are what the caller knows of the model (ViTConfig fields), which settle what the file
     leaves open. See `load`."""
@@ -112,13 +120,16 @@ def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, **fie
 
     path, entry = resolve_source(path, sha256=sha256)  # a local path as it is; a name or URI from the cache
     fields = {**entry_hints(entry), **{k: v for k, v in fields.items() if v is not None}}
-    return apply_entry(_read_file(path, **fields), entry)
+    return apply_entry(_read_file(path, ema=ema, **fields), entry)
 
 
-def _read_file(path: str | os.PathLike, **fields) -> Converted:
+def _read_file(path: str | os.PathLike, ema: bool | None = None, **fields) -> Converted:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
+    if ema and (path.is_dir() or path.suffix.lower() not in TORCH_SUFFIXES):
+        raise CheckpointError(path, "ema=True (--ema) picks the moving average inside a PyTorch training checkpoint "
+                              "(.pth, .pth.tar, .ckpt, ...); this file holds one set of weights")
     settings = Settings(path, _given(path, fields))
     if path.is_dir():
         if is_timm_hub(path):  # config.json names a timm architecture
@@ -143,10 +154,10 @@ def _read_file(path: str | os.PathLike, **fields) -> Converted:
     if suffix in SAFETENSORS_SUFFIXES:
         tensors, meta = read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
-        tensors = read_torch(path)
+        tensors = read_torch(path, ema=ema)
     else:
-        raise CheckpointError(path, f"unknown file type {suffix!r}: expected .safetensors, .npz, .pth/.pt/.bin, "
-                              "or a Hugging Face folder")
+        raise CheckpointError(path, f"unknown file type {suffix!r}: expected .safetensors, .npz, "
+                              f"{'/'.join(TORCH_SUFFIXES)} (PyTorch), or a Hugging Face folder")
     kind = meta.get(FORMAT_KEY)
     if kind == "vitkit":
         converted = _vitkit_from_metadata(meta, tensors, path)
@@ -155,6 +166,12 @@ def _read_file(path: str | os.PathLike, **fields) -> Converted:
         return converted
     keys = list(tensors)
     hints = _hints(meta)
+    prefix = _common_prefix(keys)
+    if prefix and not _known_layout(keys) and _known_layout([unwrapped(k.removeprefix(prefix)) for k in keys]):
+        warnings.warn(f"{path}: every key starts with {prefix!r} (a training wrapper's attribute, as Lightning's "
+                      "model.); read without it", GuessWarning, stacklevel=3)
+        tensors = {unwrapped(k.removeprefix(prefix)): v for k, v in tensors.items()}
+        keys = list(tensors)
     if looks_like_hf(keys):
         converted = from_hf(tensors, path, None, settings, hints=hints)
     elif looks_like_timm(keys):
@@ -176,6 +193,18 @@ def _read_file(path: str | os.PathLike, **fields) -> Converted:
     return converted
 
 
+def _known_layout(keys: list[str]) -> bool:
+    return any(looks(keys) for looks in (looks_like_hf, looks_like_timm, looks_like_torchvision, looks_like_google))
+
+
+def _common_prefix(keys: list[str]) -> str | None:
+    """The first name part every key shares ("model." in a Lightning module's state dict), if there is one."""
+    firsts = {k.split(".", 1)[0] for k in keys if "." in k}
+    if len(firsts) != 1 or not all("." in k for k in keys):
+        return None
+    return firsts.pop() + "."
+
+
 def _comparable(config: ViTConfig, name: str):
     value = getattr(config, name)
     return tuple(value) if name in ("image_size", "patch_size") else value
@@ -189,8 +218,11 @@ def _announce(path, converted: Converted) -> None:
     parts = [f"{name}={value!r} ({why})" for name, (value, why) in guessed.items()]
     keywords = ", ".join(f"{name}=" for name in guessed)
     notes = "".join(f"; {note}" for note in converted.notes)
-    warnings.warn(f"{path}: the file does not record everything that decides the model; assumed "
-                  f"{'; '.join(parts)}{notes}. Pass {keywords} to load() to say", GuessWarning, stacklevel=3)
+    what = f"{path}: the file does not record everything that decides the model; assumed {'; '.join(parts)}{notes}"
+    warning = GuessWarning(f"{what}. Pass {keywords} to load() to say")
+    warning.what = what  # and the values assumed: a command names its own flags instead of load()'s keywords
+    warning.guessed = {name: value for name, (value, _) in guessed.items()}
+    warnings.warn(warning, stacklevel=3)
 
 
 def load(
@@ -200,6 +232,7 @@ def load(
     resample_to=None,
     resample_method: str | None = None,
     sha256: str | None = None,
+    ema: bool | None = None,
     **fields,
 ) -> VisionTransformer:
     """A model from a checkpoint of any supported format, its architecture read from the file.
@@ -216,10 +249,11 @@ def load(
       resample_to=S    resample the position embeddings to a new image size (bilinear for Google files, as the
                        original code; bicubic otherwise; or as resample_method says)
     `path` may also be a catalog name (`vitkit.list_pretrained()`) or a URI (hf-hub:ORG/REPO[@REV], https://...,
-    gs://BUCKET/PATH), downloaded into the cache; `sha256` checks the downloaded file.
+    gs://BUCKET/PATH), downloaded into the cache; `sha256` checks the downloaded file. A training checkpoint that
+    holds both the weights and their moving average needs `ema` (True: the average, False: the weights).
     """
     free = {k: fields.pop(k) for k in (*TRAINING_FIELDS, "dynamic_image_size", "name") if k in fields}
-    converted = read_checkpoint(path, sha256=sha256, **fields)
+    converted = read_checkpoint(path, sha256=sha256, ema=ema, **fields)
     config = converted.config
     given = _given(path, fields)
     for name, value in given.items():  # what a reader did not check itself
@@ -241,6 +275,7 @@ def load(
     model.load_state_dict(converted.state_dict, strict=True)
     model.preprocessing = converted.preprocessing or Preprocessing(image_size=config.image_size)
     model.class_names = converted.class_names
+    model.resample_method = converted.dynamic_resample
     if num_classes is not None:
         if config.representation_size:  # the paper's fine-tuning drops the whole pre-trained head
             model.pre_logits = torch.nn.Identity()
@@ -251,6 +286,13 @@ def load(
         model.set_image_size(resample_to, method=resample_method or converted.default_resample)
     model.eval()
     return model
+
+
+def records_config(format: str, path: str | os.PathLike) -> bool:
+    """Whether `save` in `format` to `path` records the model's config and class names (vitkit's metadata, an HF
+    config.json), or writes tensors only (Google .npz, timm and torchvision .pth), which a reader reads afresh."""
+    return not (format == "google" or (format in ("timm", "torchvision") and Path(path).suffix.lower() in
+                                       TORCH_SUFFIXES))
 
 
 def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitkit") -> Path:
@@ -268,6 +310,10 @@ def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitki
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
     path = Path(path)
+    if not records_config(format, path) and model.class_names:
+        warnings.warn(f"{path}: a {format} {path.suffix or 'file'} holds tensors only, so the model's "
+                      f"{len(model.class_names)} class names are not written (a .safetensors file or a Hugging Face "
+                      "folder keeps them)", stacklevel=2)
     if format == "vitkit":
         save_safetensors(path, model.state_dict(), _metadata(model, "vitkit"))
     elif format == "google":
@@ -275,8 +321,6 @@ def save(model: VisionTransformer, path: str | os.PathLike, format: str = "vitki
 
         arrays = to_google(model)
         if model.config.gelu != "tanh":
-            import warnings
-
             warnings.warn("the original JAX model uses tanh GELU; this model uses exact GELU, so the JAX model will "
                           "compute slightly different outputs (about 2.5e-4 relative)", stacklevel=2)
         with atomic_path(path) as tmp:

@@ -24,6 +24,7 @@ class Converted:
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
     default_resample: str = "bicubic"  # how fine-tuning resamples this family's position embeddings
+    dynamic_resample: str = "bicubic"  # how its library resamples them for another input size (dynamic_image_size)
     guessed: dict[str, tuple[Any, str]] = field(default_factory=dict)  # field -> (assumed value, why)
     notes: list[str] = field(default_factory=list)  # assumptions outside ViTConfig, announced with the guesses
 

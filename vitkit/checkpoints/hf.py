@@ -128,16 +128,88 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_preprocessing(folder: Path, image_size) -> Preprocessing:
+    """preprocessor_config.json as transformers' image processor applies it (resize, centre crop, rescale, normalise;
+    its class's defaults for missing keys). What vitkit cannot reproduce is announced, naming the key, and the
+    inputs are then resized to the model's size with the file's mean and std: the weights still load."""
     path = folder / "preprocessor_config.json"
     if not path.exists():
         return Preprocessing(image_size=image_size)
     data = read_json(path)
-    kwargs = {"image_size": image_size}
-    if "image_mean" in data and "image_std" in data:
-        kwargs["mean"], kwargs["std"] = tuple(data["image_mean"]), tuple(data["image_std"])
-    if data.get("do_normalize") is False:
-        kwargs["mean"], kwargs["std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return Preprocessing(**kwargs)
+    try:
+        return _processor_preprocessing(path, data, image_size)
+    except CheckpointError as e:
+        warnings.warn(GuessWarning(f"{e}; vitkit's eval and predict resize to the model's {tuple(image_size)} "
+                                   "instead, so their inputs differ from transformers'"), stacklevel=3)
+        try:
+            return Preprocessing(image_size=image_size, mean=tuple(data["image_mean"]), std=tuple(data["image_std"]))
+        except (KeyError, TypeError, ValueError):
+            return Preprocessing(image_size=image_size)
+
+
+def _processor_preprocessing(path: Path, data: dict, image_size) -> Preprocessing:
+    """read_preprocessing's work; a CheckpointError naming the key for what vitkit does not reproduce."""
+    kind = str(data.get("image_processor_type") or data.get("feature_extractor_type") or "")
+    kind = kind.replace("FeatureExtractor", "ImageProcessor").removesuffix("Fast").removesuffix("Pil")
+    defaults = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_center_crop": False,
+                "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+                "do_normalize": True, "image_mean": (0.5,) * 3, "image_std": (0.5,) * 3}  # ViTImageProcessor's
+    if kind == "DeiTImageProcessor":
+        defaults.update(size={"height": 256, "width": 256}, resample=3, do_center_crop=True)
+    missing = [k for k in ("size", "resample", "image_mean", "image_std") if k not in data]
+    if missing and kind not in ("ViTImageProcessor", "DeiTImageProcessor"):
+        warnings.warn(GuessWarning(f"{path}: {kind or 'an unnamed image processor'} without "
+                                   f"{', '.join(missing)}; assumed ViTImageProcessor's defaults"), stacklevel=3)
+    d = {**defaults, **{k: v for k, v in data.items() if v is not None}}
+
+    def fail(key, message):
+        raise CheckpointError(path, message, key=key)
+
+    for key, value in d.items():  # a step vitkit does not have changes the pixels: refused
+        if key.startswith("do_") and value and key not in defaults and key != "do_convert_rgb":
+            fail(key, f"{key} is not reproduced by vitkit")
+    if not d["do_resize"]:
+        fail("do_resize", "do_resize=false keeps each image's own size; vitkit's models take one size")
+    if d["resample"] not in (0, 2, 3):
+        fail("resample", f"resample={d['resample']!r} is not reproduced (vitkit has 0 nearest, 2 bilinear, 3 bicubic)")
+
+    def size_of(key, int_means_shortest_edge=False):
+        value = d[key]
+        if isinstance(value, int):
+            value = {"shortest_edge": value} if int_means_shortest_edge else {"height": value, "width": value}
+        if isinstance(value, dict) and set(value) == {"shortest_edge"} and isinstance(value["shortest_edge"], int):
+            return "shorter", (value["shortest_edge"],) * 2
+        if isinstance(value, dict) and set(value) == {"height", "width"}:
+            try:
+                return "squash", to_pair((value["height"], value["width"]))
+            except ValueError:
+                pass
+        fail(key, f"{key}={value!r} is not reproduced (vitkit takes height and width, or shortest_edge)")
+
+    mode, resized = size_of("size", kind in ("CLIPImageProcessor", "BitImageProcessor"))
+    crop = size_of("crop_size")[1] if d["do_center_crop"] else None
+    if crop and "crop_size" not in data and (crop[0] > resized[0] or crop[1] > resized[1] or crop != image_size):
+        warnings.warn(GuessWarning(f"{path}: {kind}'s default crop_size {crop} (the file does not write one, as "
+                                   f"vitkit's DeiT folders) does not fit the model's {tuple(image_size)}; read "
+                                   "without a centre crop"), stacklevel=3)
+        crop = None
+    if crop is None and mode == "shorter":
+        fail("size", "shortest_edge without a centre crop gives each image its own size; vitkit's models take one")
+    if crop is not None and (crop[0] > resized[0] or crop[1] > resized[1]):
+        fail("crop_size", f"crop_size {crop} is larger than the resized image {resized} (padding is not reproduced)")
+    if tuple(crop or resized) != tuple(image_size):
+        fail("crop_size" if crop else "size", f"the processor gives {crop or resized} images; the model takes "
+             f"{tuple(image_size)}")
+    mean, std = (d["image_mean"], d["image_std"]) if d["do_normalize"] else (0.0, 1.0)
+    mean, std = ((v,) * 3 if isinstance(v, (int, float)) else v for v in (mean, std))
+    try:
+        scale = 255 * float(d["rescale_factor"] if d["do_rescale"] else 1)  # x * r folded into vitkit's x / 255
+        return Preprocessing(image_size=tuple(image_size), mean=tuple(m / scale for m in mean),
+                             std=tuple(s / scale for s in std), interpolation={0: "nearest", 2: "bilinear",
+                                                                               3: "bicubic"}[d["resample"]],
+                             crop_pct=crop[0] / resized[0] if crop else 1.0, resize=mode,
+                             resize_size=resized if crop else None, crop_offset="floor")
+    except (TypeError, ValueError) as e:
+        fail(None, f"invalid preprocessing ({e})")
 
 
 def _bare_model_type(keys) -> str:
@@ -461,6 +533,10 @@ def from_hf(tensors: dict[str, torch.Tensor], path, hf_config: dict | None = Non
     )
     class_names = None
     id2label = cfg.get("id2label")
+    classifier = next((k for k in ("classifier.weight", "cls_classifier.weight") if r.has(k)), None)
+    if classifier and isinstance(id2label, dict) and len(id2label) != num_classes:  # transformers refuses it too
+        raise CheckpointError(path, f"config.json's id2label names {len(id2label)} classes but the classifier "
+                              f"({original[classifier]}) has {num_classes}", key="id2label")
     if id2label and num_classes and len(id2label) == num_classes:
         names = [id2label.get(str(i), id2label.get(i)) for i in range(num_classes)]
         if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):

@@ -21,7 +21,7 @@ from ..errors import CheckpointError
 from ..files import atomic_path, fsync_dir  # noqa: F401 (also imported from here)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # .pth.tar: timm's train.py
 NPZ_SUFFIXES = (".npz",)
 
 
@@ -84,15 +84,29 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(path, f"not a readable safetensors file ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def read_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a `.pth`/`.bin` file, without ever running code from it (weights_only=True).
+# Where training code keeps a model's weights inside a checkpoint, and where it keeps their moving average (EMA).
+MODEL_KEYS = ("state_dict", "model", "module")  # timm and DeiT/torchvision reference scripts, Lightning, DDP
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+# Prefixes that wrap one model without changing it: DataParallel/DDP and torch.compile (any order, any depth).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-    Common wrappers are unpacked: {"state_dict": ...}, {"model": ...}, {"model_ema"/"state_dict_ema": ...}.
+
+def read_torch(path: str | os.PathLike, ema: bool | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a `.pth`/`.bin`/`.pth.tar` file, without ever running code from it (weights_only=True;
+    an `argparse.Namespace` of training arguments, as timm's train.py stores, is let through as plain data).
+
+    Training checkpoints are unpacked: {"state_dict": ...}, {"model": ...}, {"state_dict_ema"/"model_ema": ...}.
+    A file with both the weights and their moving average is ambiguous: `ema` True takes the average, False the
+    weights, None refuses and lists them. DDP's `module.` and torch.compile's `_orig_mod.` prefixes are removed, as
+    is the `n_averaged` count of torch's AveragedModel.
     """
+    import argparse
+
     path = Path(path)
     _check_exists(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         text = _first_line(e)
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "UnpicklingError" in type(e).__name__:
@@ -101,18 +115,46 @@ def read_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"({type(e).__name__})"
             ) from None
         raise CheckpointError(path, f"not a readable PyTorch file ({type(e).__name__}: {text})") from None
-    for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema", "module"):
-        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-            obj = obj[wrapper]
-            break
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    obj = _choose_weights(path, obj, ema)
     state = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(path, f"expected a dict of tensors, found {type(value).__name__}", key=str(key))
-        state[key.removeprefix("module.")] = value
+        state[unwrapped(key)] = value
+    if "n_averaged" in state and state["n_averaged"].ndim == 0 and any(k.startswith("module.") for k in obj):
+        del state["n_averaged"]  # torch.optim.swa_utils.AveragedModel's count of averaged steps, not a weight
     return state
+
+
+def _choose_weights(path: Path, obj: dict, ema: bool | None) -> dict:
+    """The one set of weights in a training checkpoint: its model's, or, with `ema`, their moving average."""
+    found = {key: obj[key] for key in (*MODEL_KEYS, *EMA_KEYS) if isinstance(obj.get(key), dict)}
+    models = [k for k in found if k in MODEL_KEYS]
+    averages = [k for k in found if k in EMA_KEYS]
+    if not found:
+        if ema:
+            raise CheckpointError(path, "ema=True (--ema), but the file holds one set of weights and no moving "
+                                  f"average (none of {', '.join(EMA_KEYS)})")
+        return obj
+    wanted = averages if ema else models if ema is False else list(found)
+    if len(wanted) == 1:
+        return found[wanted[0]]
+    if not wanted:
+        kind = "moving average" if ema else "model weights"
+        raise CheckpointError(path, f"ema={ema} asks for the {kind}, but the file holds only "
+                              f"{', '.join(repr(k) for k in found)}", key=next(iter(found)))
+    choices = ", ".join(repr(k) for k in wanted)
+    hint = ("ema=False (--no-ema) for the model's weights or ema=True (--ema) for their moving average"
+            if models and averages else "the file is ambiguous")
+    raise CheckpointError(path, f"holds several sets of weights ({choices}); choose one: {hint}", key=wanted[0])
+
+
+def unwrapped(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    return key
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

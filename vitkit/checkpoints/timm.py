@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..configs import Preprocessing, ViTConfig, table_heads
-from ..errors import CheckpointError
+from ..errors import CheckpointError, GuessWarning
 from .common import Converted, Reader, Settings, grid_candidates
 from .timm_hybrid import is_timm_hybrid, read_timm_backbone
 
@@ -228,7 +229,7 @@ def from_timm(tensors: dict[str, torch.Tensor], path, settings: Settings | None 
     except ValueError as e:
         raise CheckpointError(path, f"the tensors describe no model vitkit can build ({e})") from None
     return Converted(config, sd, src, Preprocessing(image_size=config.image_size), guessed=settings.guessed,
-                     notes=settings.notes)
+                     notes=settings.notes, default_resample="bicubic-antialias", dynamic_resample="bicubic-antialias")
 
 
 def _take_attention_pool(r: Reader, take, width: int, mlp_dim: int) -> None:
@@ -402,6 +403,8 @@ def read_timm_hub(folder, settings: Settings | None = None) -> Converted:
         cfg = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(config_path, f"unreadable config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(config_path, f"expected a mapping, found {type(cfg).__name__}")
     arch = cfg.get("architecture")
     entry = timm_architectures().get(arch) if isinstance(arch, str) else None
     if entry is None:
@@ -421,8 +424,8 @@ def read_timm_hub(folder, settings: Settings | None = None) -> Converted:
     else:
         raise CheckpointError(folder, "no weights: expected model.safetensors or pytorch_model.bin")
     tensors = read_safetensors(weights)[0] if weights.suffix == ".safetensors" else read_torch(weights)
-    pretrained = cfg.get("pretrained_cfg") or {}
-    input_size = pretrained.get("input_size") if isinstance(pretrained, dict) else None
+    pretrained = _pretrained_cfg(cfg, config_path)
+    input_size = pretrained.get("input_size")
     size = entry["img_size"]
     if "img_size" not in model_args and isinstance(input_size, list) and len(input_size) == 3:
         size = input_size[1:]  # timm builds at the pretrained config's input size
@@ -444,23 +447,64 @@ def read_timm_hub(folder, settings: Settings | None = None) -> Converted:
         if found != expected:
             raise CheckpointError(weights, f"config.json's {arch} has {name}={expected!r}; the tensors have "
                                   f"{name}={found!r}", key=name)
-    if isinstance(pretrained, dict):
-        converted.preprocessing = _preprocessing(pretrained, c.image_size, config_path)
+    converted.preprocessing = _preprocessing(pretrained, c.image_size, config_path)
+    converted.class_names = _label_names(pretrained, c.num_classes, config_path)
     return converted
 
 
-def _preprocessing(pretrained: dict, image_size, path) -> Preprocessing:
-    kwargs = {"image_size": image_size}
+def _pretrained_cfg(cfg: dict, path: Path) -> dict:
+    """The pretrained config as timm's `load_model_config_from_hf` reads it: older `push_to_hf_hub` wrote one flat
+    dict (input_size, mean, std, crop_pct, labels, ... beside architecture); top-level label_names override."""
+    if "pretrained_cfg" in cfg:
+        pretrained = cfg["pretrained_cfg"]
+        if not isinstance(pretrained, dict):
+            raise CheckpointError(path, f"expected a mapping, found {type(pretrained).__name__}", key="pretrained_cfg")
+        pretrained = dict(pretrained)
+    else:
+        pretrained = {k: v for k, v in cfg.items() if k not in ("architecture", "num_features")}
+        if "labels" in pretrained:
+            pretrained["label_names"] = pretrained.pop("labels")
+    if "label_names" in cfg:
+        pretrained["label_names"] = cfg["label_names"]
+    return pretrained
+
+
+# timm's PretrainedCfg defaults, which `resolve_data_config` falls back to for a missing (or empty) entry
+TIMM_DATA_DEFAULTS = {"interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                      "crop_pct": 0.875, "crop_mode": "center"}
+
+
+def _preprocessing(pretrained: dict, image_size, path: Path) -> Preprocessing:
+    """timm's eval transform, `create_transform(**resolve_data_config(pretrained_cfg=...))`, in vitkit's terms."""
+    data = {k: pretrained.get(k) or default for k, default in TIMM_DATA_DEFAULTS.items()}  # timm's, not guesses
+    for key, allowed in (("crop_mode", ("center", "squash")), ("interpolation", ("bilinear", "bicubic", "nearest"))):
+        if data[key] not in allowed:  # the weights are still the model: load them, and say how inputs differ
+            warnings.warn(GuessWarning(f"{path}: pretrained_cfg.{key}={data[key]!r} is not reproduced by vitkit's "
+                                       f"preprocessing (it has {', '.join(allowed)}); {TIMM_DATA_DEFAULTS[key]!r} "
+                                       "is used for eval and predict, so their inputs differ slightly from timm's"),
+                          stacklevel=2)
+            data[key] = TIMM_DATA_DEFAULTS[key]
     try:
-        if "mean" in pretrained and "std" in pretrained:
-            kwargs["mean"], kwargs["std"] = tuple(pretrained["mean"]), tuple(pretrained["std"])
-        if pretrained.get("interpolation") in ("bilinear", "bicubic", "nearest"):
-            kwargs["interpolation"] = pretrained["interpolation"]
-        if isinstance(pretrained.get("crop_pct"), (int, float)):
-            kwargs["crop_pct"] = float(pretrained["crop_pct"])
-        return Preprocessing(**kwargs)
+        return Preprocessing(image_size=image_size, mean=tuple(data["mean"]), std=tuple(data["std"]),
+                             interpolation=data["interpolation"], crop_pct=float(data["crop_pct"]),
+                             resize={"center": "shorter", "squash": "squash"}[data["crop_mode"]])
     except (TypeError, ValueError) as e:
         raise CheckpointError(path, f"invalid preprocessing ({e})", key="pretrained_cfg") from None
+
+
+def _label_names(pretrained: dict, num_classes: int, path: Path) -> list[str] | None:
+    """timm's label_names (a list, or a dict index -> name) as the model's class names."""
+    names = pretrained.get("label_names")
+    if not names:
+        return None
+    if isinstance(names, dict):
+        names = [names.get(str(i), names.get(i)) for i in range(len(names))]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(path, "expected a list of class names, or a mapping index -> name, without gaps",
+                              key="label_names")
+    if len(names) != num_classes:
+        raise CheckpointError(path, f"{len(names)} names for the model's {num_classes} classes", key="label_names")
+    return list(names)
 
 
 def guess_heads(width: int, settings: Settings, key: str) -> int:

@@ -77,6 +77,48 @@ def add_output(p, help: str, *aliases: str, default=None) -> None:
         p.add_argument(alias, dest="output", metavar="PATH", default=default, help=argparse.SUPPRESS)
 
 
+def image_size(text: str) -> int | tuple[int, int]:
+    """--image-size: S (square) or HxW, in pixels."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected S or HxW (e.g. 224 or 32x48), got {text!r}")
+    sizes = tuple(positive_int(part) for part in parts)
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def add_checkpoint_hints(p) -> None:
+    """The flags that say what a checkpoint file does not record: one per keyword a loader may have to guess."""
+    from ..configs import GELUS, POOLS
+
+    p.add_argument("--num-heads", type=positive_int, help="attention heads, for files that do not record them "
+                   "(timm and torchvision state dicts, bare HF weights)")
+    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
+    p.add_argument("--image-size", type=image_size, metavar="S|HxW", help="the image size the file's position "
+                   "embeddings were trained at, for files that do not record it")
+    p.add_argument("--gelu", choices=GELUS, help="the GELU form, for files that do not record it")
+    p.add_argument("--layer-norm-eps", type=positive_float, metavar="EPS",
+                   help="LayerNorm's epsilon, for files that do not record it")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="a training checkpoint "
+                   "with both the weights and their moving average: --ema takes the average, --no-ema the weights")
+
+
+def checkpoint_hints(args) -> dict:
+    """The hints given on the command line, as `vitkit.load`'s keywords."""
+    from ..configs import CHECKPOINT_HINTS
+
+    return {name: getattr(args, name) for name in CHECKPOINT_HINTS if getattr(args, name, None) is not None}
+
+
+def hint_flags(values: dict) -> str:
+    """`vitkit.load` keywords and values as the flags that give them: {"image_size": (40, 40)} -> --image-size 40."""
+    def spelt(value):
+        if isinstance(value, (tuple, list)):
+            return str(value[0]) if len(set(value)) == 1 else "x".join(str(v) for v in value)
+        return str(value)
+
+    return " ".join(f"--{name.replace('_', '-')} {spelt(value)}" for name, value in values.items())
+
+
 def add_json(p, help: str = "print the result as JSON on stdout (status lines go to stderr)") -> None:
     p.add_argument("--json", action="store_true", help=help)
 
@@ -124,12 +166,24 @@ def finish(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+WARNING_WORDS = ("skipped", "note:", "warning:")  # how the library's log lines that warn begin
+
+
+def warnings_only(message: str) -> None:
+    """--quiet's log: what warns (an unreadable file skipped, a setting not used) still reaches stderr."""
+    import sys
+
+    if message.startswith(WARNING_WORDS):
+        said = message if message.startswith(("note:", "warning:")) else f"warning: {message}"
+        print(f"vitkit: {said}", file=sys.stderr, flush=True)
+
+
 def status(args):
     """The function a command prints its status lines with ("wrote x.png"): stdout normally, stderr when --json
-    owns stdout, nothing with --quiet."""
+    owns stdout; with --quiet only the lines that warn, on stderr."""
     import sys
 
     if getattr(args, "quiet", False):
-        return lambda message: None
+        return warnings_only
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     return lambda message: print(message, file=stream, flush=True)

@@ -3,7 +3,6 @@ read from OUT's suffix (a path without one is an HF folder), `--to` choosing whe
 
 from __future__ import annotations
 
-from ..configs import POOLS
 from . import _args
 
 ORDER = 20
@@ -23,9 +22,7 @@ def register(sub) -> None:
     p.add_argument("--to", dest="format", choices=("vitkit", "google", "timm", "hf", "torchvision"),
                    help="output format where OUTPUT's suffix allows several (a contradicting one is refused)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--num-heads", type=_args.positive_int,
-                   help="heads, for timm files and bare HF weights that do not record them")
-    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
+    _args.add_checkpoint_hints(p)
     _args.add_json(p, "print what was written as JSON on stdout")
     _args.add_runtime(p, device=False, threads=False, progress=False)
     p.set_defaults(func=run)
@@ -37,7 +34,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import load, save
-    from ..errors import CheckpointError, UsageError
+    from ..checkpoints import records_config
+    from ..errors import CheckpointError, GuessWarning, UsageError
     from ..hub.resolve import model_source
     from ._outputs import check_file_target, check_folder_target, check_source, convert_format, \
         write_folder_atomically
@@ -53,7 +51,15 @@ def run(args) -> int:
     fmt = convert_format(output, args.format)
     check_target = check_folder_target if fmt == "hf" else check_file_target
     check_target(output, args.force)
-    model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load(model_source(args.model), **_args.checkpoint_hints(args))
+    for warning in caught:
+        if issubclass(warning.category, GuessWarning) and warning.message.guessed and records_config(fmt, output):
+            guess = warning.message
+            raise UsageError(f"{guess.what}; the converted file would record these as facts, so say them (correcting "
+                             f"what is wrong): {_args.hint_flags(guess.guessed)}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     check_target(output, args.force)  # again: loading (a download, say) takes time
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

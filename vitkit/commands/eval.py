@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..configs import POOLS
 from . import _args
 
 ORDER = 32
@@ -47,9 +46,7 @@ def register(sub) -> None:
     _args.add_output(p, "the folder to write results.json and confusion.png into (made if absent, its parent must "
                      "exist; default: RUN/eval-<split> for a run's model, else eval-<model name>)", "--out")
     _args.add_json(p, "print the results as JSON on stdout")
-    p.add_argument("--num-heads", type=_args.positive_int,
-                   help="heads, for files that do not record them (timm, bare HF)")
-    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
+    _args.add_checkpoint_hints(p)
     p.add_argument("--few-shot", metavar="K,K,...", help="also the paper's few-shot linear evaluation (e.g. 1,5,10,25: "
                    "least squares from frozen features to {-1,1} on K training images per class, averaged over "
                    "draws) and a linear probe, on the data's training split")
@@ -68,7 +65,7 @@ def run(args) -> int:
 
         shots = parse_shots(args.few_shot)
     say = _args.status(args)
-    found = evaluation(args.model, args.data, num_heads=args.num_heads, pool=args.pool, split=args.split,
+    found = evaluation(args.model, args.data, **_args.checkpoint_hints(args), split=args.split,
                        val_fraction=args.val_fraction, val_per_class=args.val_per_class, split_seed=args.split_seed,
                        limit_per_class=args.limit_per_class, max_bad_fraction=args.max_bad_fraction,
                        few_shot=shots, few_shot_draws=args.few_shot_draws, batch_size=args.batch_size,

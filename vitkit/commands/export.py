@@ -36,8 +36,7 @@ def register(sub) -> None:
                    "`vitkit train --data` takes; drawn from its training split)")
     p.add_argument("--calibration-images", type=_args.positive_int, default=256, metavar="N",
                    help="with --int8 static: images drawn, seeded (default 256)")
-    p.add_argument("--num-heads", type=_args.positive_int,
-                   help="heads, for timm files and bare HF weights that do not record them")
+    _args.add_checkpoint_hints(p)
     _args.add_json(p, "print what was written (and the onnxruntime checks) as JSON on stdout")
     _args.add_runtime(p, device=False, progress=False)
     p.set_defaults(func=run)
@@ -70,7 +69,7 @@ def run(args) -> int:
         output = default_output(args.model, fmt)
     check_file_target(output, args.force)
     source = model_source(args.model)
-    model = load(source, num_heads=args.num_heads)
+    model = load(source, **_args.checkpoint_hints(args))
     check_file_target(output, args.force)  # again: loading (a download, say) takes time
     dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size,
                    source_sha256=source_sha256(resolve_source(source)[0]))  # a name or URI: its cached file

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..configs import POOLS
 from . import _args
 
 ORDER = 60
@@ -28,9 +27,7 @@ def register(sub) -> None:
                          "--out", default=default_out)
         q.add_argument("--arrays", metavar="NPZ", help="also write the numbers drawn to this .npz file")
         _args.add_json(q, "print what was drawn as JSON on stdout: the files written and the numbers' summary")
-        q.add_argument("--num-heads", type=_args.positive_int,
-                       help="heads, for timm files and bare HF weights that do not record them")
-        q.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
+        _args.add_checkpoint_hints(q)
         q.set_defaults(func=run)
 
     def runtime(q, device=True):
@@ -87,7 +84,7 @@ def _load(args):
     for path in (args.output, args.arrays):  # before the model is loaded: a bad path costs nothing
         if path:
             check_output_file(Path(path))
-    model = load(model_source(args.model), num_heads=args.num_heads, pool=args.pool)
+    model = load(model_source(args.model), **_args.checkpoint_hints(args))
     device = getattr(args, "device", "cpu")
     from ..training.distributed import pick_device
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from ..configs import POOLS
 from . import _args
 
 ORDER = 33
@@ -22,9 +21,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=_args.positive_int, default=5, help="classes to show per image (default 5)")
     _args.add_json(p, "print JSON on stdout: one object per image")
     p.add_argument("--batch-size", type=_args.positive_int, default=32)
-    p.add_argument("--num-heads", type=_args.positive_int,
-                   help="heads, for files that do not record them (timm, bare HF)")
-    p.add_argument("--pool", choices=POOLS, help="pooling, for files that do not record it")
+    _args.add_checkpoint_hints(p)
     _args.add_runtime(p, progress=False)
     p.set_defaults(func=run)
 
@@ -38,7 +35,7 @@ def run(args) -> int:
 
     # unreadable files: skipped and counted in one warning; an error above --max-bad-fraction, or when none is left
     records = predictions(args.model, args.images, args.top_k, batch_size=args.batch_size, device=args.device,
-                          num_heads=args.num_heads, pool=args.pool, max_bad_fraction=args.max_bad_fraction,
+                          **_args.checkpoint_hints(args), max_bad_fraction=args.max_bad_fraction,
                           log=_warn)
     if args.json:
         print(json.dumps(records, indent=2))

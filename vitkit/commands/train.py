@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import _args
+
 ORDER = 30
 
 EPILOG = """examples:
@@ -83,7 +85,7 @@ def run(args) -> int:
     log = None
     if quiet:
         config = config.replace(progress=False)
-        log = lambda message: None  # noqa: E731
+        log = _args.warnings_only
     try:
         train(config, resume=resolved.resume, log=log, provenance=resolved.to_json(),
               announce="\n".join([*notes, resolved.describe()]))

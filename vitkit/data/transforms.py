@@ -50,21 +50,45 @@ def _to_tensor(mean, std) -> list:
     return [ToNormalizedTensor(mean, std)]
 
 
-def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """PIL image -> normalised (3, H, W) tensor, as the model expects.
+class ResizeCrop:
+    """Resize as `Preprocessing` says, then take the central image_size crop: timm's `transforms_imagenet_eval` and
+    Hugging Face's resize + center_crop, with their exact size and offset roundings, on PIL images as theirs."""
 
-    crop_pct = 1: resize to exactly image_size (the original code's and Hugging Face's way); crop_pct < 1: resize
-    the shorter side to size / crop_pct and take the central image_size crop (timm's way).
+    def __init__(self, preprocessing: Preprocessing):
+        p = preprocessing
+        self.mode, self.target, self.size = p.resize_mode, p.resize_target(), p.image_size
+        self.interpolation, self.floor = interpolation_mode(p.interpolation), p.crop_offset == "floor"
+
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        (th, tw) = self.target
+        if self.mode == "squash":
+            return th, tw
+        if th == tw:  # torchvision's Resize(int), as timm and Hugging Face's shortest_edge: the long side truncated
+            return (th, int(th * width / height)) if height <= width else (int(th * height / width), th)
+        ratio = min(height / th, width / tw)  # timm's ResizeKeepRatio for a non-square target: both sides rounded
+        return round(height / ratio), round(width / ratio)
+
+    def __call__(self, image):
+        height, width = v2.functional.get_size(image)
+        new = self.resized(height, width)
+        if new != (height, width):
+            image = v2.functional.resize(image, list(new), interpolation=self.interpolation, antialias=True)
+        (h, w), (ch, cw) = new, self.size
+        offset = (lambda margin: margin // 2) if self.floor else (lambda margin: int(round(margin / 2.0)))
+        return v2.functional.crop(image, offset(h - ch), offset(w - cw), ch, cw)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(mode={self.mode!r}, target={self.target}, crop={self.size}, "
+                f"interpolation={self.interpolation.value}, crop_offset={'floor' if self.floor else 'round'})")
+
+
+def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """PIL image -> normalised (3, H, W) tensor, as the model expects: `ResizeCrop`, then mean and std.
+
+    Squash at crop_pct 1 is the original code's way and Hugging Face's ViT; timm keeps the aspect ratio (shorter).
     """
     p = preprocessing
-    h, w = p.image_size
-    mode = interpolation_mode(p.interpolation)
-    if p.crop_pct >= 1.0:
-        resize = [v2.Resize((h, w), interpolation=mode, antialias=True)]
-    else:
-        resize = [v2.Resize(int(round(min(h, w) / p.crop_pct)), interpolation=mode, antialias=True),
-                  v2.CenterCrop((h, w))]
-    return v2.Compose(resize + _to_tensor(p.mean, p.std))
+    return v2.Compose([ResizeCrop(p)] + _to_tensor(p.mean, p.std))
 
 
 def train_transform(preprocessing: Preprocessing, *, crop: str = "inception", crop_min_area: float = 0.05,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -124,11 +125,14 @@ def match_classes(model_class_names: Sequence[str] | None, num_model_classes: in
         from ..hub.catalog import wordnet_index
 
         index.update(wordnet_index(model_class_names))  # ImageNet folders are named by WordNet id (n01440764)
-        missing = [name for name in data_classes if name not in index]
+        # one spelling of each accented name: macOS (and zips made there) write folder names decomposed (NFD)
+        index.update({unicodedata.normalize("NFC", name): i for name, i in list(index.items())})
+        found = [index.get(name, index.get(unicodedata.normalize("NFC", name))) for name in data_classes]
+        missing = [name for name, i in zip(data_classes, found) if i is None]
         if missing:
             raise UsageError(f"{where}: class {missing[0]!r} is not one of the checkpoint's {num_model_classes} "
                              f"classes ({len(missing)} of {len(data_classes)} do not match by name)")
-        return np.asarray([index[name] for name in data_classes], dtype=np.int64)
+        return np.asarray(found, dtype=np.int64)
     if all(name.isdigit() for name in data_classes) and all(int(n) < num_model_classes for n in data_classes):
         return np.asarray([int(n) for n in data_classes], dtype=np.int64)
     if len(data_classes) == num_model_classes:

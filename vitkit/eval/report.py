@@ -138,5 +138,18 @@ def evaluate_model(model, source: str | None = None, data: str | os.PathLike | N
     if folder is not None:
         from ..checkpoints.io import atomic_write_text
 
+        _note_replaced(folder / RESULTS, results, say)
         atomic_write_text(folder / RESULTS, json.dumps(results, indent=2) + "\n")
     return Evaluation(results, few, folder)
+
+
+def _note_replaced(path: Path, results: dict, say: Callable[[str], None]) -> None:
+    """An earlier results.json of another model, data or split is replaced aloud (the same evaluation, quietly)."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    keys = ("checkpoint", "data", "split")
+    if isinstance(earlier, dict) and any(earlier.get(k) != results.get(k) for k in keys):
+        what = ", ".join(f"{k} {earlier.get(k)}" for k in keys)
+        say(f"note: replacing {path}, an evaluation of {what} (give -o to keep both)")

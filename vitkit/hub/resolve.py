@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError, DownloadError
-from .catalog import PretrainedCheckpoint, class_names, closest_names, find_pretrained
+from .catalog import PretrainedCheckpoint, class_ids, class_names, closest_names, find_pretrained
 from .uri import is_uri, resolve_uri
 
-FILES_WITHOUT_PREPROCESSING = ("google-npz", "torchvision-pth", "timm-hub")  # Hugging Face folders have their own
+FILES_WITHOUT_PREPROCESSING = ("google-npz", "torchvision-pth")  # timm's config.json and Hugging Face folders have it
 
 
 def fetch(entry: PretrainedCheckpoint, sha256: str | None = None) -> Path:
@@ -125,9 +125,11 @@ def apply_entry(converted, entry: PretrainedCheckpoint | None):
 
         converted.preprocessing = Preprocessing(image_size=converted.config.image_size, mean=entry.mean,
                                                 std=entry.std, interpolation=entry.interpolation,
-                                                crop_pct=entry.crop_pct)
-    if converted.class_names is None and entry.class_names and converted.config.num_classes == entry.num_classes:
-        converted.class_names = class_names(entry.class_names)
+                                                crop_pct=entry.crop_pct,  # torchvision: Resize(shorter side), crop
+                                                resize="shorter" if entry.format == "torchvision-pth" else None)
+    if entry.class_names and converted.config.num_classes == entry.num_classes and converted.class_names in (
+            None, class_ids(entry.class_names)):  # timm's label_names are WordNet ids: the same classes, readable
+        converted.class_names = class_names(entry.class_names)  # (eval still matches folders named n01440764)
     return converted
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..configs import to_pair
 
-RESAMPLE_METHODS = ("bilinear", "bicubic", "nearest")
+RESAMPLE_METHODS = ("bilinear", "bicubic", "bicubic-antialias", "nearest")
 
 
 def sincos_2d(grid_size, width: int, temperature: float = 10_000.0, dtype=torch.float32, span=None) -> torch.Tensor:
@@ -40,21 +40,24 @@ def resample_grid(grid: torch.Tensor, new_grid, method: str = "bicubic") -> torc
     """Resize a (gh, gw, D) grid of embeddings to new_grid = (h, w).
 
     "bilinear" uses align_corners=True, which is what the original code's `scipy.ndimage.zoom(order=1)` computes;
-    "bicubic" is timm's and Hugging Face's choice (align_corners=False, no antialiasing).
+    "bicubic" is Hugging Face's (align_corners=False); "bicubic-antialias" is timm's (`resample_abs_pos_embed`:
+    torch's antialiased bicubic, whose kernel differs from plain bicubic even when enlarging).
     """
     if method not in RESAMPLE_METHODS:
         raise ValueError(f"unknown resampling method {method!r}; expected one of {RESAMPLE_METHODS}")
     new_grid = to_pair(new_grid)
     if tuple(grid.shape[:2]) == new_grid:
         return grid
-    dtype = grid.dtype
-    x = grid.permute(2, 0, 1).unsqueeze(0).float()  # (1, D, gh, gw)
+    x = interpolate_grid(grid.permute(2, 0, 1).unsqueeze(0).float(), new_grid, method)  # (1, D, gh, gw)
+    return x.squeeze(0).permute(1, 2, 0).to(grid.dtype)
+
+
+def interpolate_grid(x: torch.Tensor, size, method: str) -> torch.Tensor:
+    """F.interpolate of a (1, D, gh, gw) float grid as `method` (RESAMPLE_METHODS) means it."""
     if method == "nearest":
-        x = F.interpolate(x, size=new_grid, mode="nearest")
-    else:
-        align = method == "bilinear"
-        x = F.interpolate(x, size=new_grid, mode=method, align_corners=align)
-    return x.squeeze(0).permute(1, 2, 0).to(dtype)
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=method.removesuffix("-antialias"), align_corners=method == "bilinear",
+                         antialias=method.endswith("-antialias"))
 
 
 def resample_pos_embed(
@@ -98,7 +101,7 @@ def resample_axis(embed: torch.Tensor, length: int, method: str = "bicubic") -> 
     """Resize a (n, D) table of per-row or per-column embeddings to (length, D)."""
     if embed.shape[0] == length:
         return embed
-    mode = {"bicubic": "linear", "bilinear": "linear", "nearest": "nearest"}[method]  # 1D has no bicubic
+    mode = "nearest" if method == "nearest" else "linear"  # 1D has no bicubic
     x = embed.t().unsqueeze(0).float()  # (1, D, n)
     kwargs = {"align_corners": method == "bilinear"} if mode == "linear" else {}
     x = F.interpolate(x, size=length, mode=mode, **kwargs)

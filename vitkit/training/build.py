@@ -96,7 +96,7 @@ def describe(config) -> str:
 
 def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
     """What the checkpoint will record: the input size, and mean/std/interpolation/crop_pct from the config, else
-    the initial checkpoint's, else the paper's [-1, 1] scaling and no crop."""
+    the initial checkpoint's (and its resize mode and crop rounding), else the paper's [-1, 1] scaling and no crop."""
     base = model.preprocessing if config.init_from else Preprocessing()
     return Preprocessing(
         image_size=model.config.image_size,
@@ -104,4 +104,5 @@ def model_preprocessing(model, config: TrainConfig) -> Preprocessing:
         std=tuple(config.std) if config.std is not None else base.std,
         interpolation=config.interpolation or (base.interpolation if config.init_from else "bilinear"),
         crop_pct=config.crop_pct if config.crop_pct is not None else base.crop_pct if config.init_from else 1.0,
+        resize=base.resize, crop_offset=base.crop_offset,  # the source's way (its resize_size was for its own size)
     )

@@ -218,6 +218,14 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
         raise CheckpointError(folder, f"a sharded (--parallel fsdp) checkpoint without {WEIGHTS}; continue the run "
                               f"with vitkit train --resume to its end, which writes the whole model as {WEIGHTS}")
     if steps:
+        if is_run_dir(path):  # an unfinished run: which weights is a choice, said aloud
+            import warnings
+
+            from ..errors import GuessWarning
+
+            warnings.warn(GuessWarning(f"{path}: the run has no final {WEIGHTS} (it has not finished); using its "
+                                       f"newest checkpoint, step {steps[-1][0]} ({steps[-1][1]}); pass a checkpoint "
+                                       "folder to choose another"), stacklevel=2)
         return steps[-1][1] / WEIGHTS
     raise CheckpointError(path, f"a folder without {WEIGHTS} or checkpoints/step_* (expected a run folder, a "
                           "checkpoint folder or a Hugging Face model folder)")

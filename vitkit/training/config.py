@@ -24,6 +24,7 @@ from ..configs import POOLS, variant_config
 from ..data.randaugment import STYLES as RANDAUGMENT_STYLES
 from ..errors import UsageError
 from ..models.fast import compile_mode_problem
+from ..models.posemb import RESAMPLE_METHODS
 from ..options import AT_LEAST_ONE, COUNT, NON_NEGATIVE, POSITIVE, RATE, SHARE, Range, device_name
 from .optim import OPTIMIZER_READS
 
@@ -90,7 +91,9 @@ class TrainConfig:
     drop_path: float = _f(0.0, "stochastic depth rate of the last block (rises linearly over the blocks)", range=RATE)
     patch_dropout: float = _f(0.0, "in training, drop this share of each image's patch tokens (a random subset, "
                               "after the position embeddings): fewer tokens per step, and a regulariser", range=RATE)
-    resample_method: str | None = _f(None, "position embedding resampling when the image size changes")
+    resample_method: str | None = _f(None, "position embedding resampling when the image size changes: bilinear, "
+                                     "bicubic, bicubic-antialias (timm's) or nearest; default: the checkpoint "
+                                     "family's (bilinear for Google's, as its code)")
 
     # ---------------------------------------------------------------------------- preprocessing, augmentation
     mean: list[float] | None = _f(None, "per-channel mean; default: the checkpoint's, else 0.5 (scaling to [-1, 1])")
@@ -248,10 +251,12 @@ class TrainConfig:
                        crop=("inception", "resize", "pad_crop"), optimizer=tuple(OPTIMIZER_READS),
                        schedule=("cosine", "linear", "constant"), precision=("fp32", "bf16", "fp16"),
                        interpolation=("bilinear", "bicubic", "nearest", None), pool=(*POOLS, None),
-                       on_nonfinite=("stop", "skip"), attention_init=("default", "mimetic"))
+                       on_nonfinite=("stop", "skip"), attention_init=("default", "mimetic"),
+                       resample_method=(*RESAMPLE_METHODS, None))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(allowed)}")
+                named = [str(a) for a in allowed if a is not None]  # None: unset, the default
+                fail(f"{key}={getattr(self, key)!r}, expected one of {', '.join(named)}")
         if self.compile:
             import torch._dynamo
 
@@ -259,6 +264,8 @@ class TrainConfig:
             if self.compile_backend not in backends:
                 fail(f"compile_backend={self.compile_backend!r} is not a torch.compile backend here; expected one "
                      f"of {', '.join(torch._dynamo.list_backends())} (or eager, aot_eager for debugging)")
+        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\")):
+            fail(f"name={self.name!r} (--name) must be one folder name inside out_dir (--out-dir), without / or ..")
         problem = compile_mode_problem(self.compile_mode, compile=self.compile, backend=self.compile_backend,
                                        device=None if self.device == "auto" else self.device)
         if problem:
@@ -343,6 +350,9 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pool", "posemb", "representation_size",
                        "resnet_layers", "resnet_width_factor")
+# What decides the model a run starts with: fixed by its checkpoints once it has started (--resume cannot change it).
+MODEL_FIELDS = ("model", "init_from", "reset_head", "num_classes", "image_size", *ARCHITECTURE_FIELDS, "attention_init",
+                "resample_method")
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -356,6 +366,28 @@ def check_range(name: str, value: Any) -> None:
     problem = range_of(name).problem(value)
     if problem:
         raise UsageError(f"invalid training config: {name} (--{name.replace('_', '-')}) {problem}")
+
+
+def idle_settings(c: TrainConfig) -> dict[str, str]:
+    """The settings that act only beside another which is off in `c`, changed from their defaults: field -> what it
+    needs."""
+    from ..data.shards import is_shard_spec
+
+    no_val = c.val_split == "none"
+    no_randaugment = c.randaugment_ops == 0
+    rules = {
+        "mix_prob": (c.mixup_alpha == 0 and c.cutmix_alpha == 0, "Mixup or CutMix (--mixup-alpha, --cutmix-alpha)"),
+        "crop_padding": (c.crop != "pad_crop", "--crop pad_crop"),
+        "randaugment_magnitude": (no_randaugment, "RandAugment (--randaugment-ops)"),
+        "randaugment_magnitude_std": (no_randaugment, "RandAugment (--randaugment-ops)"),
+        "randaugment_increasing": (no_randaugment, "RandAugment (--randaugment-ops)"),
+        "eval_every": (no_val, "a validation split (--val-split none has none)"),
+        "eval_every_minutes": (no_val, "a validation split (--val-split none has none)"),
+        "val_per_class": (no_val, "a hold-out (--val-split none makes none)"),
+        "ema_warmup": (c.ema_decay == 0, "an EMA of the weights (--ema-decay)"),
+        "shuffle_buffer": (c.data is not None and not is_shard_spec(c.data), "data given as tar shards"),
+    }
+    return {name: needs for name, (idle, needs) in rules.items() if idle and getattr(c, name) != FIELDS[name].default}
 
 
 def check_device(value: Any) -> None:
@@ -384,7 +416,9 @@ def parse_value(name: str, value: Any) -> Any:
     if name not in FIELDS:
         raise UsageError(f"unknown training option {name!r}; known: {', '.join(FIELDS)}")
     hint, optional = _base_type(name)
-    if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional:
+    none_is_a_value = name == "posemb"  # posemb "none": no position embeddings (POSEMBS), not "unset"
+    unset = ("null",) if none_is_a_value else ("none", "null")
+    if isinstance(value, str) and value.strip().lower() in unset and optional:
         return None
     if value is None:
         if optional:
