@@ -192,3 +192,14 @@ def test_hf_processor_settings_vitkit_cannot_reproduce_are_announced_by_key(tmp_
     with pytest.warns(GuessWarning, match=rf"preprocessor_config\.json, key '{key}'.* resize to the model's"):
         model = vitkit.load(folder)
     assert model.preprocessing.image_size == (32, 32) and model.preprocessing.resize_mode == "squash"
+
+
+@pytest.mark.parametrize("crop_mode, crop_pct", [("center", 0.875), ("squash", 0.8), ("squash", 1.0)])
+def test_an_hf_folder_vitkit_writes_prepares_inputs_as_the_model_did(tmp_path, image_files, crop_mode, crop_pct):
+    """timm's preprocessing written as transformers' processor (even margins here: transformers and timm split an
+    odd one differently, which the writer warns of): transformers' own processor gives vitkit's tensors."""
+    model = vitkit.load(timm_folder(tmp_path / "timm", crop_pct=crop_pct, crop_mode=crop_mode,
+                                    interpolation="bicubic"))
+    vitkit.save(model, tmp_path / "hf", format="hf")
+    assert max_diff(hf_reference(tmp_path / "hf"), model, image_files) <= BOUND
+    assert vitkit.load(tmp_path / "hf").preprocessing.resize_mode == model.preprocessing.resize_mode

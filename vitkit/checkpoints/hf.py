@@ -646,22 +646,35 @@ def to_hf(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def _processor_config(p: Preprocessing, dist_token: bool, folder: Path) -> dict:
+    """preprocessor_config.json for transformers that prepares inputs as `p` does: a squash resize (ViT's and DeiT's
+    processors, with a centre crop when there is one), or the shorter side (BitImageProcessor's shortest_edge)."""
+    target, size = p.resize_target(), p.image_size
+    cropped = tuple(target) != tuple(size)
+    if p.resize_mode == "squash":
+        kind, resize = ("DeiTImageProcessor" if dist_token else "ViTImageProcessor"), {"height": target[0],
+                                                                                       "width": target[1]}
+    elif target[0] == target[1]:
+        kind, resize = "BitImageProcessor", {"shortest_edge": target[0]}
+    else:
+        raise ValueError(f"preprocessing {p} resizes the shorter side to a non-square target, which transformers' "
+                         "image processors cannot express")
+    odd = any((t - s) % 2 for t, s in zip(target, size)) if p.resize_mode == "squash" else cropped
+    if cropped and odd and p.crop_offset == "round":
+        warnings.warn(f"{folder}: transformers' centre crop puts an odd margin's extra pixel on the other side than "
+                      "this model's preprocessing (timm's rounding): inputs can be one pixel apart", stacklevel=3)
+    return {"image_processor_type": kind, "do_resize": True, "size": resize,
+            "resample": {"nearest": 0, "bilinear": 2, "bicubic": 3}[p.interpolation],
+            "do_center_crop": cropped, **({"crop_size": {"height": size[0], "width": size[1]}} if cropped else {}),
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(p.mean),
+            "image_std": list(p.std), **({"do_convert_rgb": True} if kind == "BitImageProcessor" else {})}
+
+
 def write_hf_dir(model, folder: Path, metadata: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config = hf_config(model)
     tensors = to_hf(model)
-    p = model.preprocessing
-    preprocessor = {
-        "image_processor_type": "DeiTImageProcessor" if model.config.dist_token else "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": p.image_size[0], "width": p.image_size[1]},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(p.mean),
-        "image_std": list(p.std),
-    }
+    preprocessor = _processor_config(model.preprocessing, model.config.dist_token, folder)
     save_safetensors(folder / "model.safetensors", tensors, metadata)
     atomic_write_text(folder / "preprocessor_config.json", json.dumps(preprocessor, indent=2) + "\n")
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
