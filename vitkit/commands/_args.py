@@ -169,13 +169,18 @@ def finish(args) -> None:
 WARNING_WORDS = ("skipped", "note:", "warning:")  # how the library's log lines that warn begin
 
 
-def warnings_only(message: str) -> None:
-    """--quiet's log: what warns (an unreadable file skipped, a setting not used) still reaches stderr."""
+def warn(message: str) -> None:
+    """A library line that warns, on stderr: "vitkit: note: ..." or "vitkit: warning: ..."."""
     import sys
 
+    said = message if message.startswith(("note:", "warning:")) else f"warning: {message}"
+    print(f"vitkit: {said}", file=sys.stderr, flush=True)
+
+
+def warnings_only(message: str) -> None:
+    """--quiet's log: what warns (an unreadable file skipped, a setting not used) still reaches stderr."""
     if message.startswith(WARNING_WORDS):
-        said = message if message.startswith(("note:", "warning:")) else f"warning: {message}"
-        print(f"vitkit: {said}", file=sys.stderr, flush=True)
+        warn(message)
 
 
 def status(args):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from . import _args
 
@@ -26,17 +25,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _warn(message: str) -> None:
-    print(f"vitkit: warning: {message}", file=sys.stderr)
-
-
 def run(args) -> int:
     from ..api import predictions
 
     # unreadable files: skipped and counted in one warning; an error above --max-bad-fraction, or when none is left
     records = predictions(args.model, args.images, args.top_k, batch_size=args.batch_size, device=args.device,
                           **_args.checkpoint_hints(args), max_bad_fraction=args.max_bad_fraction,
-                          log=_warn)
+                          log=_args.warn)
     if args.json:
         print(json.dumps(records, indent=2))
     else:
