@@ -464,3 +464,20 @@ def test_an_unfinished_run_is_read_from_its_newest_checkpoint_said_aloud(tmp_pat
         from vitkit.hub.resolve import model_source
 
         assert model_source(run) == run / "checkpoints" / "step_00000004" / "model.safetensors"
+
+
+def test_ema_flag_picks_a_runs_moving_average(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    run = train(tiny_config(tmp_path, ema_decay=0.9), log=quiet).run_dir
+    out = tmp_path / "ema.safetensors"
+    assert main(["convert", str(run), "--ema", "-o", str(out)]) == 0
+    ema, written = load_file(run / "model_ema.safetensors"), load_file(out)
+    assert all(torch.equal(written[k], ema[k]) for k in ema)
+    assert not torch.equal(load_file(run / "model.safetensors")["cls_token"], ema["cls_token"])
+    assert main(["convert", str(run), "--no-ema", "-o", str(tmp_path / "raw.safetensors")]) == 0
+    assert torch.equal(load_file(tmp_path / "raw.safetensors")["cls_token"],
+                       load_file(run / "model.safetensors")["cls_token"])
+    plain = train(tiny_config(tmp_path, name="plain"), log=quiet).run_dir
+    assert main(["convert", str(plain), "--ema", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "kept no moving average (--ema-decay)" in capsys.readouterr().err

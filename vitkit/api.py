@@ -245,14 +245,15 @@ def finetune(model_or_name: str | os.PathLike, data: str | os.PathLike, *, recip
 def _model(model_or_path, hints: dict):
     """The model to use, and where it came from; `hints` (`load`'s keywords, CHECKPOINT_HINTS) are for checkpoint files."""
     from .checkpoints import load
-    from .hub.resolve import model_source
+    from .hub.resolve import load_source
 
     unknown = sorted(set(hints) - set(CHECKPOINT_HINTS))
     if unknown:
         raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; the checkpoint's are {', '.join(CHECKPOINT_HINTS)}")
     hints = {k: v for k, v in hints.items() if v is not None}
     if isinstance(model_or_path, (str, os.PathLike)):
-        return load(model_source(str(model_or_path)), **hints), str(model_or_path)
+        source, hints = load_source(str(model_or_path), hints)
+        return load(source, **hints), str(model_or_path)
     if hints:
         raise UsageError(f"{', '.join(hints)} say what a checkpoint file leaves open; the model given is built")
     if hasattr(model_or_path, "model") and hasattr(model_or_path, "run_dir"):  # a TrainResult

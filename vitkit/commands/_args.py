@@ -99,7 +99,8 @@ def add_checkpoint_hints(p) -> None:
     p.add_argument("--layer-norm-eps", type=positive_float, metavar="EPS",
                    help="LayerNorm's epsilon, for files that do not record it")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="a training checkpoint "
-                   "with both the weights and their moving average: --ema takes the average, --no-ema the weights")
+                   "with both the weights and their moving average, or a run folder trained with --ema-decay: "
+                   "--ema takes the average, --no-ema the weights")
 
 
 def checkpoint_hints(args) -> dict:

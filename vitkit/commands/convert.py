@@ -36,7 +36,7 @@ def run(args) -> int:
     from .. import load, save
     from ..checkpoints import records_config
     from ..errors import CheckpointError, GuessWarning, UsageError
-    from ..hub.resolve import model_source
+    from ..hub.resolve import load_source
     from ._outputs import check_file_target, check_folder_target, check_source, convert_format, \
         write_folder_atomically
 
@@ -53,7 +53,8 @@ def run(args) -> int:
     check_target(output, args.force)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load(model_source(args.model), **_args.checkpoint_hints(args))
+        source, hints = load_source(args.model, _args.checkpoint_hints(args))
+        model = load(source, **hints)
     for warning in caught:
         if issubclass(warning.category, GuessWarning) and warning.message.guessed and records_config(fmt, output):
             guess = warning.message

@@ -51,7 +51,7 @@ def run(args) -> int:
 
     from .. import load
     from ..export import export_onnx, save_program, source_sha256
-    from ..hub.resolve import model_source, resolve_source
+    from ..hub.resolve import load_source, resolve_source
     from ..errors import UsageError
     from ._outputs import check_file_target, check_source, export_format
 
@@ -68,8 +68,8 @@ def run(args) -> int:
         fmt = args.format or "onnx"
         output = default_output(args.model, fmt)
     check_file_target(output, args.force)
-    source = model_source(args.model)
-    model = load(source, **_args.checkpoint_hints(args))
+    source, hints = load_source(args.model, _args.checkpoint_hints(args))
+    model = load(source, **hints)
     check_file_target(output, args.force)  # again: loading (a download, say) takes time
     dynamic = dict(dynamic_batch=not args.static_batch, dynamic_image_size=not args.static_size,
                    source_sha256=source_sha256(resolve_source(source)[0]))  # a name or URI: its cached file

@@ -78,13 +78,14 @@ def register(sub) -> None:
 
 def _load(args):
     from .. import load
-    from ..hub.resolve import model_source
+    from ..hub.resolve import load_source
     from ._outputs import check_output_file
 
     for path in (args.output, args.arrays):  # before the model is loaded: a bad path costs nothing
         if path:
             check_output_file(Path(path))
-    model = load(model_source(args.model), **_args.checkpoint_hints(args))
+    source, hints = load_source(args.model, _args.checkpoint_hints(args))
+    model = load(source, **hints)
     device = getattr(args, "device", "cpu")
     from ..training.distributed import pick_device
 

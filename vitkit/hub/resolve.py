@@ -78,6 +78,24 @@ def model_source(source: str | os.PathLike) -> Path | str:
     return str(source)
 
 
+def load_source(source: str | os.PathLike, hints: dict) -> tuple[Path | str, dict]:
+    """`model_source` with `load`'s keywords: for a run folder, `ema` chooses its file (True: the run's moving
+    average, model_ema.safetensors; False: model.safetensors) and is then spent; elsewhere it goes to `load`."""
+    from ..training.run_folder import EMA_WEIGHTS, WEIGHTS, is_run_dir
+
+    ema = hints.get("ema")
+    if ema is None or not Path(source).is_dir() or not is_run_dir(Path(source)):
+        return model_source(source), hints
+    folder, rest = Path(source), {k: v for k, v in hints.items() if k != "ema"}
+    chosen = folder / (EMA_WEIGHTS if ema else WEIGHTS)
+    if not chosen.is_file():
+        why = "kept no moving average (--ema-decay)" if ema and (folder / WEIGHTS).is_file() else \
+            "has not finished (its checkpoints keep the average inside their training state)"
+        raise CheckpointError(folder, f"--ema / ema=True: the run {why}; no {chosen.name}" if ema else
+                              f"no {chosen.name}: the run has not finished")
+    return chosen, rest
+
+
 def is_known_source(source: str | os.PathLike) -> bool:
     """Whether `load` can take `source` at all: an existing path, a catalog name or a URI (not yet fetched)."""
     return Path(source).exists() or find_pretrained(str(source)) is not None or is_uri(str(source))
@@ -133,4 +151,4 @@ def apply_entry(converted, entry: PretrainedCheckpoint | None):
     return converted
 
 
-__all__ = ["resolve_source", "apply_entry", "entry_hints", "fetch", "model_source", "is_known_source"]
+__all__ = ["resolve_source", "apply_entry", "entry_hints", "fetch", "model_source", "load_source", "is_known_source"]
